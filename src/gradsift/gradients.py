@@ -1,0 +1,334 @@
+"""Per-sample gradients of the tracked parameters.
+
+Three paths, all returning ``G`` of shape ``[B, D]`` (row *i* is ``∇_θ ℓ(z_i; θ)`` of sample
+*i*'s own loss, flattened in :attr:`GradientComputer.layout` order):
+
+- ``closed_form``: for a final linear head under softmax cross-entropy or sigmoid BCE,
+  ``∂ℓ/∂W = (p − e_y) hᵀ`` and ``∂ℓ/∂b = p − e_y`` from one forward pass with a hook on
+  the head's input ``h``. Exact, and as cheap as inference.
+- ``vmap``: ``torch.func.vmap(grad(loss))`` over ``functional_call``, in chunks of
+  ``chunk_size`` samples to bound memory. Any subset of parameters.
+- ``loop``: one ``torch.autograd.grad`` per sample. Slow; the fallback for models that
+  ``vmap`` cannot run (data-dependent control flow, some in-place ops).
+
+``method="auto"`` takes the closed form when it is exact, else ``vmap``, falling back to
+``loop`` with a warning if ``vmap`` rejects the model.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from gradsift.errors import GradientError
+from gradsift.task import Task, last_linear
+
+Method = Literal["auto", "closed_form", "vmap", "loop"]
+
+_STATEFUL_IN_TRAIN = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.modules.dropout._DropoutNd,
+)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One tracked parameter's slice ``[offset, offset + numel)`` of a flat gradient row."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def stop(self) -> int:
+        return self.offset + self.numel
+
+
+def batch_size_of(batch: Any) -> int:
+    leaves = [t for t in tree_flatten(batch)[0] if isinstance(t, torch.Tensor) and t.dim() > 0]
+    if not leaves:
+        raise GradientError("batch has no tensor with a batch dimension")
+    return leaves[0].shape[0]
+
+
+def slice_batch(batch: Any, start: int, stop: int) -> Any:
+    """Rows ``[start, stop)`` of every tensor leaf that has the batch dimension."""
+    n = batch_size_of(batch)
+    leaves, spec = tree_flatten(batch)
+    cut = [
+        t[start:stop] if isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == n else t
+        for t in leaves
+    ]
+    return tree_unflatten(cut, spec)
+
+
+def check_eval_mode(model: nn.Module) -> None:
+    """Refuse BatchNorm / InstanceNorm / Dropout in train mode: per-sample gradients would
+    then depend on the rest of the batch (or on random masks)."""
+    offenders = [
+        name or type(model).__name__
+        for name, m in model.named_modules()
+        if m.training and isinstance(m, _STATEFUL_IN_TRAIN)
+    ]
+    if offenders:
+        raise GradientError(
+            f"modules {offenders[:5]} are in train mode (BatchNorm/Dropout): per-sample gradients "
+            "would depend on the batch or on random masks. Call model.eval() first."
+        )
+
+
+class GradientComputer:
+    """Per-sample gradients of ``task``'s loss w.r.t. the tracked parameters of ``model``.
+
+    Args:
+        model: the trained model. It is not modified; it must be in eval mode if it has
+            BatchNorm or Dropout.
+        task: loss, forward and tracked-parameter spec.
+        method: ``auto`` | ``closed_form`` | ``vmap`` | ``loop``.
+        chunk_size: samples per ``vmap`` call (memory ∝ chunk_size × D).
+        measurement: differentiate ``task.measurement`` instead of the training loss
+            (the test side of influence).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        method: Method = "auto",
+        chunk_size: int = 64,
+        measurement: bool = False,
+    ) -> None:
+        self.model = model
+        self.task = task
+        self.chunk_size = chunk_size
+        self.measurement = measurement
+        self.params = task.tracked_parameters(model)
+        self.layout = _layout(self.params)
+        self.dim = self.layout[-1].stop
+        self.method = self._resolve(method)
+
+    # -- public -----------------------------------------------------------------------
+    def compute(self, batch: Any, first_index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(G, losses)``: G ``[B, D]`` in the parameters' dtype, losses ``[B]``.
+
+        ``first_index`` is the data-set index of the batch's first row; errors about bad
+        samples (NaN loss, label out of range) name data-set indices with it.
+        """
+        try:
+            return self._compute(batch)
+        except GradientError as err:
+            if err.positions is not None and first_index:
+                raise GradientError(
+                    err.base_message, [p + first_index for p in err.positions]
+                ) from None
+            raise
+
+    def _compute(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        check_eval_mode(self.model)
+        n = batch_size_of(batch)
+        if n == 0:
+            raise GradientError("empty batch")
+        if self.method == "closed_form":
+            try:
+                return self._closed_form(batch)
+            except _NotHeadOutput as err:
+                if self._requested == "closed_form":
+                    raise GradientError(str(err)) from None
+                self.method = "vmap"  # auto: the model post-processes the head output
+        losses = self._checked_losses(batch)
+        if self.method == "loop":
+            return self._loop(batch), losses
+        try:
+            return self._vmap(batch), losses
+        except GradientError:
+            raise
+        except RuntimeError as err:
+            if self._requested == "vmap":
+                raise GradientError(
+                    f"torch.func.vmap cannot run this model ({type(err).__name__}: {str(err).splitlines()[0]}). "
+                    "Common causes: in-place ops on inputs, .item()/data-dependent control flow, "
+                    "BatchNorm in train mode. Use method='loop' (slower) or method='auto'."
+                ) from err
+            warnings.warn(
+                f"vmap failed ({str(err).splitlines()[0]}); falling back to a per-sample loop",
+                stacklevel=2,
+            )
+            self.method = "loop"
+            return self._loop(batch), losses
+
+    # -- method selection ---------------------------------------------------------------
+    def _resolve(self, method: Method) -> str:
+        self._requested = method
+        ok, why = self._closed_form_possible()
+        if method == "closed_form" and not ok:
+            raise GradientError(f"closed-form gradients are not exact here: {why}")
+        if method == "auto":
+            return "closed_form" if ok else "vmap"
+        return method
+
+    def _closed_form_possible(self) -> tuple[bool, str]:
+        if self.measurement and type(self.task).measurement is not Task.measurement:
+            return False, "the task overrides measurement()"
+        if not self.task.closed_form_exact():
+            return False, "the task's loss is not the built-in softmax-CE/BCE loss"
+        self._head = head_name, head = last_linear(self.model)
+        head_params = [f"{head_name}.{n}" for n, _ in head.named_parameters()]
+        if not set(self.params) <= set(head_params) or f"{head_name}.weight" not in self.params:
+            return False, f"tracked parameters {list(self.params)} are not the head {head_name!r}"
+        return True, ""
+
+    # -- paths -----------------------------------------------------------------------------
+    def _objective(self, model: Callable[..., Any], batch: Any) -> torch.Tensor:
+        if self.measurement:
+            return self.task.measurement(model, batch)
+        return self.task.per_sample_loss(model, batch)
+
+    def _checked_losses(self, batch: Any) -> torch.Tensor:
+        with torch.no_grad():
+            outputs = self.task.forward(self.model, batch)
+            self.task.validate(outputs, batch)
+            losses = (
+                self.task.measurement(self.model, batch)
+                if self.measurement
+                else self.task.loss(outputs, batch)
+            )
+        _check_finite(losses, "loss")
+        return losses.detach()
+
+    def _closed_form(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        head_name, head = self._head
+        seen: dict[str, torch.Tensor] = {}
+
+        def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            seen["h"], seen["out"] = inputs[0], out
+
+        handle = head.register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                outputs = self.task.forward(self.model, batch)
+        finally:
+            handle.remove()
+        if outputs is not seen.get("out") or seen["h"].dim() != 2:
+            raise _NotHeadOutput(
+                f"closed form needs the model output to be the head {head_name!r} output on 2-D "
+                "features; use method='vmap'"
+            )
+        self.task.validate(outputs, batch)
+        losses = self.task.loss(outputs, batch)
+        _check_finite(losses, "loss")
+        h, y = seen["h"], self.task.targets(batch)
+        if self.task.head_loss == "softmax_ce":
+            residual = torch.softmax(outputs, dim=-1)
+            residual[torch.arange(len(y)), y] -= 1.0
+        else:
+            residual = torch.sigmoid(outputs).reshape(len(y), 1) - y.to(outputs.dtype).reshape(
+                -1, 1
+            )
+        parts = {
+            f"{head_name}.weight": (residual[:, :, None] * h[:, None, :]).flatten(1),
+            f"{head_name}.bias": residual,
+        }
+        G = torch.cat([parts[name] for name in self.params], dim=1)
+        return G, losses
+
+    def _vmap(self, batch: Any) -> torch.Tensor:
+        params = {k: v.detach() for k, v in self.params.items()}
+        leaves, spec = tree_flatten(batch)
+        n = batch_size_of(batch)
+        mapped = [isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == n for t in leaves]
+
+        def one_sample_loss(
+            p: dict[str, torch.Tensor], *sample_leaves: torch.Tensor
+        ) -> torch.Tensor:
+            it = iter(sample_leaves)
+            full = [
+                next(it).unsqueeze(0) if m else leaf for m, leaf in zip(mapped, leaves, strict=True)
+            ]
+            sample = tree_unflatten(full, spec)
+            proxy = _FunctionalModel(self.model, p)
+            return self._objective(proxy, sample).sum()
+
+        per_sample = vmap(grad(one_sample_loss), in_dims=(None, *([0] * sum(mapped))))
+        chunks = []
+        for start in range(0, n, self.chunk_size):
+            stop = min(start + self.chunk_size, n)
+            sample_leaves = [t[start:stop] for t, m in zip(leaves, mapped, strict=True) if m]
+            with torch.no_grad():  # torch.func.grad ignores it; keeps outer autograd out
+                g = per_sample(params, *sample_leaves)
+            chunks.append(
+                torch.cat([g[name].reshape(stop - start, -1) for name in self.params], dim=1)
+            )
+        G = torch.cat(chunks)
+        _check_finite_rows(G)
+        return G
+
+    def _loop(self, batch: Any) -> torch.Tensor:
+        n = batch_size_of(batch)
+        tensors = list(self.params.values())
+        rows = []
+        for i in range(n):
+            loss = self._objective(self.model, slice_batch(batch, i, i + 1)).sum()
+            gs = torch.autograd.grad(loss, tensors, allow_unused=True)
+            rows.append(
+                torch.cat(
+                    [
+                        (torch.zeros_like(t) if g is None else g).reshape(-1)
+                        for g, t in zip(gs, tensors, strict=True)
+                    ]
+                )
+            )
+        G = torch.stack(rows)
+        _check_finite_rows(G)
+        return G
+
+
+class _NotHeadOutput(Exception):
+    pass
+
+
+class _FunctionalModel:
+    """Callable stand-in for ``model`` that runs it with substituted parameters."""
+
+    def __init__(self, model: nn.Module, params: dict[str, torch.Tensor]) -> None:
+        self.model, self.params = model, params
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return functional_call(self.model, self.params, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # e.g. model.config for HF models
+        return getattr(self.model, name)
+
+
+def _layout(params: dict[str, nn.Parameter]) -> list[Block]:
+    blocks, offset = [], 0
+    for name, p in params.items():
+        blocks.append(Block(name, tuple(p.shape), offset))
+        offset += p.numel()
+    return blocks
+
+
+def _check_finite(values: torch.Tensor, what: str) -> None:
+    bad = (~torch.isfinite(values)).nonzero().flatten()
+    if len(bad):
+        raise GradientError(f"non-finite {what} (NaN/Inf)", bad.tolist())
+
+
+def _check_finite_rows(G: torch.Tensor) -> None:
+    bad = (~torch.isfinite(G).all(dim=1)).nonzero().flatten()
+    if len(bad):
+        raise GradientError("non-finite gradient (NaN/Inf)", bad.tolist())

@@ -1,0 +1,370 @@
+"""Hessian–vector products of the mean training loss over the tracked parameters.
+
+:class:`HessianOperator` multiplies row vectors by
+
+    ``H = (1/n) Σ_i ∇²_θ ℓ(z_i; θ) + weight_decay · I``
+
+where ``θ`` are the task's tracked parameters (flattened in :class:`~gradsift.gradients.Block`
+layout order, the same layout as :class:`~gradsift.gradients.GradientComputer` rows), ``ℓ``
+is the task's per-sample training loss and ``weight_decay`` is the coupled L2 coefficient
+the model was trained with (``torch.optim`` ``weight_decay``: objective
+``+ (weight_decay/2)‖θ‖²``). Products run through ``torch.func.functional_call`` on the
+tracked parameters only (the rest of the model stays fixed), by double backward with the
+vectors batched (``mode="autograd"``, the fastest in eager mode: 1.1 ms per call against
+3.6 ms for ``"reverse"`` and 6.8 ms for ``"forward"``, measured on a logistic regression
+with 64 samples and 5 vectors on one CPU thread), or by
+``torch.func.jvp`` of ``torch.func.grad`` (``"forward"``) or ``vjp`` of ``grad``
+(``"reverse"``). No Hessian is ever formed except by :meth:`HessianOperator.dense`, which
+the exact solver calls on small problems.
+
+With ``block_diagonal=True`` the operator is the block-diagonal part of ``H`` (one block
+per tracked parameter tensor), ``Σ_b P_b H P_b``: cross-block curvature is dropped, as in
+DataInf / EK-FAC style approximations. Every solver accepts such an operator.
+
+:class:`BatchSource` is the small data-access helper shared by the influence modules: a
+data set (a torch ``Dataset`` or a tuple of equally long arrays) read in contiguous batches
+or by random indices, with tensor leaves moved to the model's device and floating leaves
+cast to the parameters' dtype.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import grad, jvp, vjp, vmap
+from torch.utils._pytree import tree_map
+from torch.utils.data import Dataset, TensorDataset, default_collate
+
+from gradsift.errors import GradsiftError
+from gradsift.extract import as_dataset
+from gradsift.gradients import Block, _FunctionalModel, _layout, batch_size_of, check_eval_mode
+from gradsift.progress import track
+from gradsift.task import Task
+
+__all__ = ["BatchSource", "HessianOperator", "flatten_params", "unflatten_vectors"]
+
+HVPMode = Literal["autograd", "forward", "reverse"]
+
+
+# --------------------------------------------------------------------------- data access
+
+
+class BatchSource:
+    """Batches of a data set, ready for ``task.forward``.
+
+    Args:
+        data: a torch ``Dataset`` or a tuple of equally long arrays/tensors (e.g.
+            ``(X, y)``); row *i* is ``data[i]``.
+        device, dtype: tensor leaves are moved to ``device``; floating leaves are cast to
+            ``dtype`` (the tracked parameters' dtype), integer leaves keep theirs.
+        collate_fn: turns a list of items into a batch (default ``default_collate``).
+            A ``TensorDataset`` (what a tuple of arrays becomes) is sliced directly.
+    """
+
+    def __init__(
+        self,
+        data: Dataset | Sequence[Any] | tuple[Any, ...],
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        collate_fn: Callable[[list[Any]], Any] = default_collate,
+    ) -> None:
+        self.dataset = as_dataset(data)
+        self.n = len(self.dataset)  # type: ignore[arg-type]
+        if self.n == 0:
+            raise GradsiftError("the data set is empty: influence needs at least one sample")
+        self.device, self.dtype, self.collate_fn = device, dtype, collate_fn
+
+    def __len__(self) -> int:
+        return self.n
+
+    def take(self, index: torch.Tensor | np.ndarray | Sequence[int]) -> Any:
+        """The batch of rows ``index`` (int indices)."""
+        idx = torch.as_tensor(np.asarray(index), dtype=torch.int64)
+        if isinstance(self.dataset, TensorDataset):
+            batch: Any = tuple(t[idx] for t in self.dataset.tensors)
+        else:
+            batch = self.collate_fn([self.dataset[int(i)] for i in idx])
+        return self._prepare(batch)
+
+    def slice(self, start: int, stop: int) -> Any:
+        """The batch of rows ``[start, stop)``."""
+        if isinstance(self.dataset, TensorDataset):
+            return self._prepare(tuple(t[start:stop] for t in self.dataset.tensors))
+        return self.take(range(start, stop))
+
+    def batches(self, batch_size: int) -> Iterator[tuple[int, Any]]:
+        """Yield ``(first_row, batch)`` over all rows in order."""
+        for start in range(0, self.n, batch_size):
+            yield start, self.slice(start, min(start + batch_size, self.n))
+
+    def _prepare(self, batch: Any) -> Any:
+        def move(t: Any) -> Any:
+            if not isinstance(t, torch.Tensor):
+                return t
+            if self.dtype is not None and t.is_floating_point():
+                t = t.to(self.dtype)
+            return t.to(self.device) if self.device is not None else t
+
+        return tree_map(move, batch)
+
+
+# --------------------------------------------------------------------------- layout helpers
+
+
+def flatten_params(tree: dict[str, torch.Tensor], layout: Sequence[Block]) -> torch.Tensor:
+    """``{name: [m, *shape]}`` → ``[m, D]`` in ``layout`` order."""
+    first = tree[layout[0].name]
+    m = first.shape[0]
+    return torch.cat([tree[b.name].reshape(m, -1) for b in layout], dim=1)
+
+
+def unflatten_vectors(V: torch.Tensor, layout: Sequence[Block]) -> dict[str, torch.Tensor]:
+    """``[m, D]`` → ``{name: [m, *shape]}`` (views) in ``layout`` order."""
+    return {b.name: V[:, b.offset : b.stop].reshape(V.shape[0], *b.shape) for b in layout}
+
+
+# --------------------------------------------------------------------------- the operator
+
+
+class HessianOperator:
+    """Products with the mean training-loss Hessian over the tracked parameters.
+
+    Args:
+        model: the trained model (not modified). BatchNorm/Dropout must be in eval mode.
+        task: loss, forward and tracked-parameter spec (``task.tracked_parameters``).
+        data: the **training** data the model minimised the mean loss over.
+        weight_decay: coupled L2 coefficient used in training; adds ``weight_decay · I``.
+        batch_size: samples per ``torch.func`` call for full-data products (memory grows
+            with ``batch_size × vector_chunk``).
+        block_diagonal: use only the per-parameter-tensor diagonal blocks of ``H``.
+        vector_chunk: vectors per product call (default 64).
+        mode: how each product is taken, all through ``torch.func.functional_call`` on the
+            tracked parameters only: ``"autograd"`` (default; double backward, the
+            vectors batched with ``is_grads_batched``; the fastest in eager mode),
+            ``"forward"`` (``torch.func.jvp`` of ``torch.func.grad``, ``vmap``-ed) or
+            ``"reverse"`` (``vjp`` of ``grad``, ``vmap``-ed). Another mode falls back to
+            ``"reverse"`` with a warning if it fails on the model.
+        collate_fn: see :class:`BatchSource`.
+
+    Attributes:
+        layout: list of :class:`~gradsift.gradients.Block` (tracked tensors in order).
+        dim: ``D``, the number of tracked scalars.
+        n: number of training samples.
+        dtype, device: of the tracked parameters; vectors are computed in this dtype.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        data: Dataset | tuple[Any, ...],
+        *,
+        weight_decay: float = 0.0,
+        batch_size: int = 256,
+        block_diagonal: bool = False,
+        vector_chunk: int = 64,
+        mode: HVPMode = "autograd",
+        collate_fn: Callable[[list[Any]], Any] = default_collate,
+    ) -> None:
+        if weight_decay < 0:
+            raise GradsiftError(f"weight_decay must be >= 0, got {weight_decay}")
+        if batch_size < 1 or vector_chunk < 1:
+            raise GradsiftError("batch_size and vector_chunk must be >= 1")
+        if mode not in ("autograd", "forward", "reverse"):
+            raise GradsiftError(f"mode must be 'autograd', 'forward' or 'reverse', got {mode!r}")
+        check_eval_mode(model)
+        self.model, self.task = model, task
+        self.params = {k: v.detach() for k, v in task.tracked_parameters(model).items()}
+        self.layout: list[Block] = _layout(task.tracked_parameters(model))
+        self.dim = self.layout[-1].stop
+        first = next(iter(self.params.values()))
+        self.dtype, self.device = first.dtype, first.device
+        self.data = BatchSource(data, self.device, self.dtype, collate_fn)
+        self.n = len(self.data)
+        self.weight_decay = float(weight_decay)
+        self.batch_size = int(batch_size)
+        self.block_diagonal = bool(block_diagonal)
+        self.vector_chunk = int(vector_chunk)
+        self.mode: HVPMode = mode
+
+    # ------------------------------------------------------------------ products
+    def matvec(self, V: torch.Tensor) -> torch.Tensor:
+        """``H V``: rows of ``V [m, D]`` (or one vector ``[D]``) times the full-data ``H``."""
+        V, squeeze = self._check(V)
+        out = torch.zeros_like(V)
+        for _, batch in self.data.batches(self.batch_size):
+            out += self._sum_hvp(batch, V)
+        out = out / self.n + self.weight_decay * V
+        return out[0] if squeeze else out
+
+    def batch_matvec(self, V: torch.Tensor, batch: Any) -> torch.Tensor:
+        """``H_b V`` with ``H_b`` the mean Hessian over ``batch`` (plus weight decay)."""
+        V, squeeze = self._check(V)
+        out = self._sum_hvp(batch, V) / batch_size_of(batch) + self.weight_decay * V
+        return out[0] if squeeze else out
+
+    def sample_batch(self, batch_size: int, generator: torch.Generator) -> Any:
+        """A mini-batch of ``min(batch_size, n)`` distinct training rows drawn with ``generator``."""
+        idx = torch.randperm(self.n, generator=generator)[: min(batch_size, self.n)]
+        return self.data.take(idx)
+
+    def dense(self, block: int | None = None) -> torch.Tensor:
+        """The explicit Hessian ``[D, D]`` (or block ``block``'s ``[d_b, d_b]``), symmetrised.
+
+        Costs ``D`` Hessian–vector products over the data: for small ``D`` only.
+        """
+        blocks = self.layout if block is None else [self.layout[block]]
+        lo, hi = blocks[0].offset, blocks[-1].stop
+        cols = []
+        eye_rows = range(lo, hi, self.vector_chunk)
+        for start in track(eye_rows, "explicit Hessian", total=len(eye_rows)):
+            stop = min(start + self.vector_chunk, hi)
+            E = torch.zeros(stop - start, self.dim, dtype=self.dtype, device=self.device)
+            E[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+            cols.append(self.matvec(E)[:, lo:hi])
+        H = torch.cat(cols)
+        return (H + H.T) / 2
+
+    def top_eigenvalue(
+        self, iters: int = 100, tol: float = 1e-3, seed: int = 0
+    ) -> tuple[float, int]:
+        """Largest-magnitude eigenvalue of ``H`` by power iteration: ``(λ, iterations)``.
+
+        Stops when the Rayleigh quotient changes by less than ``tol`` (relative). For a
+        positive semi-definite ``H`` (convex loss) this is ``λ_max``.
+        """
+        return power_iteration(self.matvec, self.dim, self.dtype, self.device, iters, tol, seed)
+
+    # ------------------------------------------------------------------ internals
+    def _check(self, V: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        if not isinstance(V, torch.Tensor):
+            V = torch.as_tensor(np.asarray(V))
+        squeeze = V.dim() == 1
+        V = V.reshape(1, -1) if squeeze else V
+        if V.dim() != 2 or V.shape[1] != self.dim:
+            raise GradsiftError(
+                f"vectors must have shape [m, {self.dim}] (the tracked parameters), got "
+                f"{tuple(V.shape)}"
+            )
+        return V.to(self.device, self.dtype), squeeze
+
+    def _sum_hvp(self, batch: Any, V: torch.Tensor) -> torch.Tensor:
+        """``Σ_{i ∈ batch} ∇²ℓ_i V`` (block-diagonal part if configured)."""
+        if not self.block_diagonal:
+            return self._chunked(batch, V)
+        out = torch.zeros_like(V)
+        for b in self.layout:
+            Vb = torch.zeros_like(V)
+            Vb[:, b.offset : b.stop] = V[:, b.offset : b.stop]
+            out[:, b.offset : b.stop] = self._chunked(batch, Vb)[:, b.offset : b.stop]
+        return out
+
+    def _chunked(self, batch: Any, V: torch.Tensor) -> torch.Tensor:
+        parts = [
+            self._hvp(batch, V[s : s + self.vector_chunk])
+            for s in range(0, V.shape[0], self.vector_chunk)
+        ]
+        return torch.cat(parts)
+
+    def _hvp(self, batch: Any, V: torch.Tensor) -> torch.Tensor:
+        try:
+            return self._hvp_mode(batch, V, self.mode)
+        except (RuntimeError, NotImplementedError) as err:
+            if self.mode == "reverse":
+                raise
+            warnings.warn(
+                f"{self.mode}-mode HVP failed ({str(err).splitlines()[0]}); using reverse mode",
+                stacklevel=3,
+            )
+            self.mode = "reverse"
+            return self._hvp_mode(batch, V, "reverse")
+
+    def _hvp_mode(self, batch: Any, V: torch.Tensor, mode: HVPMode) -> torch.Tensor:
+        task = self.task
+        if mode == "autograd":
+            return self._hvp_autograd(batch, V)
+
+        def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
+            return task.per_sample_loss(_FunctionalModel(self.model, p), batch).sum()
+
+        grad_fn = grad(loss)
+        params = self.params
+
+        if mode == "forward":
+
+            def one(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+                return jvp(grad_fn, (params,), (t,))[1]
+
+        else:
+            _, pullback = vjp(grad_fn, params)
+
+            def one(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+                return pullback(t)[0]
+
+        tangents = unflatten_vectors(V, self.layout)
+        out = vmap(one)(tangents)
+        return flatten_params(out, self.layout).detach()
+
+    def _hvp_autograd(self, batch: Any, V: torch.Tensor) -> torch.Tensor:
+        params = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
+        leaves = list(params.values())
+        with torch.enable_grad():
+            loss = self.task.per_sample_loss(_FunctionalModel(self.model, params), batch).sum()
+            grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+            flat = torch.cat(
+                [
+                    torch.zeros_like(p).reshape(-1) if g is None else g.reshape(-1)
+                    for g, p in zip(grads, leaves, strict=True)
+                ]
+            )
+            if not flat.requires_grad:  # the loss is linear in the tracked parameters
+                return torch.zeros_like(V)
+            out = torch.autograd.grad(
+                flat, leaves, grad_outputs=V, is_grads_batched=True, allow_unused=True
+            )
+        return torch.cat(
+            [
+                torch.zeros(V.shape[0], p.numel(), dtype=V.dtype, device=V.device)
+                if o is None
+                else o.reshape(V.shape[0], -1)
+                for o, p in zip(out, leaves, strict=True)
+            ],
+            dim=1,
+        ).detach()
+
+
+def power_iteration(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    dim: int,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    iters: int = 100,
+    tol: float = 1e-3,
+    seed: int = 0,
+) -> tuple[float, int]:
+    """Largest-magnitude eigenvalue of a symmetric operator: ``(λ, iterations)``.
+
+    Starts from a seeded unit vector (drawn in float64 on the CPU, so the start does not
+    depend on the device) and stops when the Rayleigh quotient changes by less than ``tol``
+    (relative).
+    """
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(dim, generator=g, dtype=torch.float64).to(dtype)
+    v = (v / v.norm()).to(device)
+    lam = 0.0
+    for it in range(1, iters + 1):
+        w = matvec(v)
+        new = float(v @ w)
+        norm = w.norm()
+        if norm == 0:
+            return 0.0, it
+        v = w / norm
+        if it > 1 and abs(new - lam) <= tol * abs(new):
+            return new, it
+        lam = new
+    return lam, iters
