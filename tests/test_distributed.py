@@ -58,6 +58,16 @@ RESUME_ARGS = (  # the CLI spelling of make_setup() + CONFIG
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The ranks run with OMP_NUM_THREADS=1, and float sums depend on the thread count:
+    the in-process references for the bit-identity checks use one thread too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_setup(seed: int = 0):
     """The job's model and data (deterministic: every rank builds the same)."""
     torch.manual_seed(seed)
@@ -327,6 +337,7 @@ def test_torchrun_kill_one_rank_then_resume_is_bit_identical(tmp_path):
     assert summary["shards_written"] == reference.n_shards - len(before)
     assert summary["shards_resumed"] == len(before)
     assert (summary["backend"], summary["world_size"]) == ("gloo", 2)
+    assert log.count("gloo threads at exit: []") == 2, log  # no abort at exit
 
     resumed = GradientStore.open(cut, verify=True)
     assert resumed.complete
@@ -389,7 +400,17 @@ def _job_extract(path: str, pids: str, pause: str) -> None:
 def _job_cli(*argv: str) -> None:
     from gradsift.cli import app
 
-    app(list(argv), prog_name="gradsift")
+    try:
+        app(list(argv), prog_name="gradsift")
+    finally:  # the process group must be gone, threads included, before exit
+        print(f"gloo threads at exit: {_gloo_threads()}", flush=True)
+
+
+def _gloo_threads() -> list[str]:
+    """Names of this process's live native gloo threads (Linux ``/proc``)."""
+    tasks = Path("/proc/self/task")
+    names = [(t / "comm").read_text().strip() for t in tasks.iterdir()]
+    return [name for name in names if "gloo" in name]
 
 
 def _job_score(init: str, path: str, test_path: str, out: str, rank: str, world: str) -> None:

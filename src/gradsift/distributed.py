@@ -160,8 +160,20 @@ def init_distributed(
         kwargs["rank"] = rank
     if world_size is not None:
         kwargs["world_size"] = world_size
+    _import_dynamo_first()
     dist.init_process_group(chosen, init_method=init_method or "env://", **kwargs)
     return info()
+
+
+def _import_dynamo_first() -> None:
+    """Import ``torch._dynamo`` before the process group exists.
+
+    ``torch.func.grad`` imports it lazily; imported *after* ``init_process_group`` it
+    keeps the gloo process group alive past ``destroy_process_group`` (torch 2.13), and
+    the group's worker threads then abort the process at exit ("terminate called without
+    an active exception") in about 1 run in 20, after the job has finished its work.
+    """
+    import torch._dynamo  # noqa: F401
 
 
 def shutdown() -> None:
