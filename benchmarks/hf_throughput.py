@@ -33,7 +33,6 @@ from typing import Any
 import torch
 
 from gradsift.gradients import GradientComputer
-from gradsift.hf.linear_grads import LinearHookGradients
 from gradsift.hf.llm_tasks import CausalLMData, load_influence_task
 from gradsift.hf.models import (
     LoraSettings,
@@ -44,6 +43,7 @@ from gradsift.hf.models import (
 )
 from gradsift.hf.tasks import CausalLMTask, SequenceClassificationTask
 from gradsift.hf.text_data import TokenizedText, collate_trimmed, load_rotten_tomatoes
+from gradsift.hooks import LinearHookGradients
 
 
 def sync(device: torch.device) -> None:

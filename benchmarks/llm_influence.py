@@ -48,7 +48,6 @@ import numpy as np
 import torch
 
 from gradsift.hf.fisher import GradientFisherOperator
-from gradsift.hf.linear_grads import LinearHookGradients, hook_gradients
 from gradsift.hf.llm_tasks import (
     TASK_NAMES,
     CausalLMData,
@@ -59,6 +58,7 @@ from gradsift.hf.models import LoraSettings, add_lora, load_smollm2
 from gradsift.hf.representations import cosine_scores, mean_hidden_states
 from gradsift.hf.tasks import CausalLMTask
 from gradsift.hf.training import FineTuneConfig, evaluate_loss, fine_tune
+from gradsift.hooks import LinearHookGradients, hook_gradients
 from gradsift.influence.solvers import DataInfSolver, LiSSASolver
 
 METHOD_ORDER = ["dot", "cosine", "datainf", "lissa", "fastif", "hidden-cosine"]

@@ -35,9 +35,9 @@ import torch
 from gradsift.datasets import LabeledData, Split
 from gradsift.detectors import get_detector
 from gradsift.gradients import GradientComputer
-from gradsift.hf.linear_grads import LinearHookGradients
 from gradsift.hf.models import load_minilm_tokenizer, minilm_classifier, minilm_lora_classifier
 from gradsift.hf.text_data import load_rotten_tomatoes, to_labeled_data
+from gradsift.hooks import LinearHookGradients
 from gradsift.metrics import detection_metrics
 from gradsift.models import logistic_regression
 from gradsift.report.gallery import sample_items

@@ -88,6 +88,34 @@ def test_matches_autograd_loop(dtype, arch, bias, tracked, method):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("tracked", ["last_linear", "all"])
+def test_hooks_path_matches_autograd_loop(dtype, bias, tracked):
+    torch.manual_seed(0)
+    model = mlp(bias).to(dtype).eval()
+    x, y = data_for("mlp", dtype)
+    gc = GradientComputer(model, ClassificationTask(tracked=tracked), "hooks", chunk_size=4)
+    G, losses = gc.compute((x, y))
+    expected = reference(model, list(select_tracked(model, tracked).values()), x, y, ce)
+    assert gc.method == "hooks" and G.shape == expected.shape
+    assert relerr(G, expected) < TOL[dtype]
+    assert torch.allclose(losses, ce(model(x), y).detach())
+
+
+def test_hooks_path_refused_or_skipped_where_not_exact():
+    with pytest.raises(GradientError, match="not the weight or bias of an nn.Linear"):
+        GradientComputer(cnn(True).eval(), ClassificationTask(tracked="all"), "hooks")
+
+    class RowsIndependent(ClassificationTask):
+        rows_independent = True
+
+    plain = GradientComputer(mlp(True).eval(), ClassificationTask(tracked="all"))
+    declared = GradientComputer(mlp(True).eval(), RowsIndependent(tracked="all"))
+    conv = GradientComputer(cnn(True).eval(), RowsIndependent(tracked="all"))
+    assert (plain.method, declared.method, conv.method) == ("vmap", "hooks", "vmap")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("method", ["closed_form", "vmap"])
 def test_binary_head_matches_loop(dtype, method):
     torch.manual_seed(0)

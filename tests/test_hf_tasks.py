@@ -17,7 +17,6 @@ pytest.importorskip("peft", reason="peft is not installed")
 
 from gradsift.errors import GradientError  # noqa: E402
 from gradsift.gradients import GradientComputer  # noqa: E402
-from gradsift.hf.linear_grads import LinearHookGradients  # noqa: E402
 from gradsift.hf.llm_tasks import collate_causal, encode_example  # noqa: E402
 from gradsift.hf.models import (  # noqa: E402
     LoraSettings,
@@ -33,6 +32,7 @@ from gradsift.hf.tasks import (  # noqa: E402
     SequenceClassificationTask,
     resolve_tracked,
 )
+from gradsift.hooks import LinearHookGradients  # noqa: E402
 
 TEXTS = [
     "a gripping and beautifully acted drama",
@@ -340,13 +340,21 @@ def test_vmap_failure_falls_back_and_hooks_still_exact(bert_tok):
     truth = torch.stack(rows)
     with pytest.raises(GradientError, match="vmap cannot run this model"):
         GradientComputer(model, task, method="vmap").compute(batch)
-    computer = GradientComputer(model, task, method="auto")
-    with pytest.warns(UserWarning, match="falling back"):
-        G_auto, _ = computer.compute(batch)
-    assert computer.method == "loop"
+    auto = GradientComputer(model, task, method="auto")  # rows independent, linear only
+    assert auto.method == "hooks"
+    G_auto, _ = auto.compute(batch)
     G_hook, _ = LinearHookGradients(model, task).compute(batch)
     assert rel_err(G_auto, truth) < RTOL
     assert rel_err(G_hook, truth) < RTOL
+
+    class RowsMayMix(SequenceClassificationTask):
+        rows_independent = False  # auto may not take hooks: vmap, then the loop
+
+    fallback = GradientComputer(model, RowsMayMix(task.tracked), method="auto")
+    with pytest.warns(UserWarning, match="falling back"):
+        G_loop, _ = fallback.compute(batch)
+    assert fallback.method == "loop"
+    assert rel_err(G_loop, truth) < RTOL
 
 
 class TiedUse(nn.Module):

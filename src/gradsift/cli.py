@@ -322,7 +322,7 @@ def extract_cmd(
     ),
     batch_size: int = typer.Option(256, help="Samples per gradient batch."),
     dtype: str = typer.Option("float32", help="Stored dtype: float16, float32 or float64."),
-    method: str = typer.Option("auto", help="auto, closed_form, vmap or loop."),
+    method: str = typer.Option("auto", help="auto, closed_form, hooks, vmap or loop."),
     measurement: bool = typer.Option(
         False, help="Gradients of the test-side measurement (for test stores)."
     ),

@@ -8,11 +8,16 @@ Three paths, all returning ``G`` of shape ``[B, D]`` (row *i* is ``∇_θ ℓ(z_
   the head's input ``h``. Exact, and as cheap as inference.
 - ``vmap``: ``torch.func.vmap(grad(loss))`` over ``functional_call``, in chunks of
   ``chunk_size`` samples to bound memory. Any subset of parameters.
+- ``hooks``: for tracked ``nn.Linear`` weights and biases (LoRA adapters, heads), one
+  batched forward/backward with hooks, ``∂ℓ_i/∂W = Σ_t δ_{i,t} x_{i,t}ᵀ``
+  (:mod:`gradsift.hooks`). About the cost of a training step, and it runs where ``vmap``
+  cannot. Exact only when the rows of a batch do not interact.
 - ``loop``: one ``torch.autograd.grad`` per sample. Slow; the fallback for models that
   ``vmap`` cannot run (data-dependent control flow, some in-place ops).
 
-``method="auto"`` takes the closed form when it is exact, else ``vmap``, falling back to
-``loop`` with a warning if ``vmap`` rejects the model.
+``method="auto"`` takes the closed form when it is exact; else ``hooks`` when the task
+declares ``rows_independent`` and every tracked parameter is a linear weight or bias;
+else ``vmap``, falling back to ``loop`` with a warning if ``vmap`` rejects the model.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from gradsift.errors import GradientError
 from gradsift.task import Task, last_linear
 
-Method = Literal["auto", "closed_form", "vmap", "loop"]
+Method = Literal["auto", "closed_form", "hooks", "vmap", "loop"]
 
 _STATEFUL_IN_TRAIN = (
     nn.modules.batchnorm._BatchNorm,
@@ -99,8 +104,10 @@ class GradientComputer:
         model: the trained model. It is not modified; it must be in eval mode if it has
             BatchNorm or Dropout.
         task: loss, forward and tracked-parameter spec.
-        method: ``auto`` | ``closed_form`` | ``vmap`` | ``loop``.
-        chunk_size: samples per ``vmap`` call (memory ∝ chunk_size × D).
+        method: ``auto`` | ``closed_form`` | ``hooks`` | ``vmap`` | ``loop`` (see the
+            module docstring).
+        chunk_size: samples per ``vmap`` call (memory ∝ chunk_size × D), or per
+            forward/backward pass of the ``hooks`` path.
         measurement: differentiate ``task.measurement`` instead of the training loss
             (the test side of influence).
     """
@@ -143,6 +150,8 @@ class GradientComputer:
         n = batch_size_of(batch)
         if n == 0:
             raise GradientError("empty batch")
+        if self.method == "hooks":
+            return self._hooks.compute(batch)
         if self.method == "closed_form":
             try:
                 return self._closed_form(batch)
@@ -177,9 +186,24 @@ class GradientComputer:
         ok, why = self._closed_form_possible()
         if method == "closed_form" and not ok:
             raise GradientError(f"closed-form gradients are not exact here: {why}")
-        if method == "auto":
-            return "closed_form" if ok else "vmap"
-        return method
+        if method == "auto" and ok:
+            return "closed_form"
+        if method == "hooks" or (method == "auto" and self._hooks_fit()):
+            from gradsift.hooks import LinearHookGradients  # it builds on this module
+
+            self._hooks = LinearHookGradients(
+                self.model, self.task, self.measurement, self.chunk_size
+            )
+            return "hooks"
+        return "vmap" if method == "auto" else method
+
+    def _hooks_fit(self) -> bool:
+        """auto: the hooks path is exact (rows independent, only linear parameters)."""
+        from gradsift.hooks import LinearHookGradients
+
+        return bool(getattr(self.task, "rows_independent", False)) and (
+            LinearHookGradients.supports(self.model, self.task)
+        )
 
     def _closed_form_possible(self) -> tuple[bool, str]:
         if self.measurement and type(self.task).measurement is not Task.measurement:

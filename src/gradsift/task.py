@@ -86,6 +86,10 @@ class Task(ABC):
     #: Set by tasks whose loss is an exact function of a final linear head's output, so
     #: the engine may use the closed-form per-sample gradient.
     head_loss: ClassVar[HeadLoss | None] = None
+    #: Set by tasks whose model never mixes the rows of a batch (in eval mode), so
+    #: ``method="auto"`` may take the hooks path for linear parameters
+    #: (:mod:`gradsift.hooks`), which is wrong for models that mix rows.
+    rows_independent: ClassVar[bool] = False
 
     @abstractmethod
     def forward(self, model: Callable[..., Any], batch: Any) -> torch.Tensor:

@@ -17,7 +17,7 @@ Modules:
 - :mod:`gradsift.hf.tasks`: :class:`SequenceClassificationTask`,
   :class:`CausalLMTask` (prompt tokens masked), tracked ``"head"``/``"lora"``/
   ``"all"``/``"auto"``/names;
-- :mod:`gradsift.hf.linear_grads`: per-sample gradients of ``nn.Linear`` weights
+- :mod:`gradsift.hooks`: per-sample gradients of ``nn.Linear`` weights
   (LoRA adapters, heads) from forward/backward hooks, one batched backward pass;
 - :mod:`gradsift.hf.models`: offline loaders, tiny random configs, LoRA wrapping;
 - :mod:`gradsift.hf.text_data`: Rotten Tomatoes, splits, label noise, tokenisation;

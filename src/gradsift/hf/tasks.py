@@ -185,7 +185,8 @@ class SequenceClassificationTask(ClassificationTask):
     """
 
     #: Rows are independent in eval mode, so the hooks path of
-    #: :mod:`gradsift.hf.linear_grads` is exact for ``nn.Linear`` parameters.
+    #: :mod:`gradsift.hooks` is exact for ``nn.Linear`` parameters (``method="auto"``
+    #: takes it for LoRA adapters).
     rows_independent = True
 
     def __init__(self, tracked: HFTrackSpec = "auto") -> None:
