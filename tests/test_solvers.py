@@ -106,6 +106,19 @@ def test_exact_and_cg_match_explicit_solve(setup, damping):
     assert cg.diagnostics.iterations < 2 * setup["op"].dim  # measured 58 (D = 51) at λ = 0
 
 
+def test_solutions_are_plain_tensors_even_from_graph_carrying_inputs(setup):
+    V = setup["V"].clone().requires_grad_(True)  # e.g. test gradients straight from autograd
+    ref = reference(setup["H"], setup["V"], 0.1)
+    for solver in (
+        ExactSolver(damping=0.1),
+        CGSolver(damping=0.1, tol=1e-10),
+        LiSSASolver(damping=0.1, batch_size=None, steps=300),
+    ):
+        X = solver.fit_operator(setup["op"]).solve(V)
+        assert not X.requires_grad and X.grad_fn is None, type(solver).__name__
+        assert rel_err(X, ref) < 1e-4, type(solver).__name__
+
+
 def test_fit_from_model_equals_fit_operator(setup):
     s = ExactSolver(damping=0.05).fit(
         setup["model"], setup["task"], (setup["x"], setup["y"]), weight_decay=setup["wd"]

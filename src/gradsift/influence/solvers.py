@@ -174,10 +174,14 @@ class InverseHVP(ABC):
 
     # ---------------------------------------------------------------- solving
     def solve(self, V: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Rows ``(H + λI)⁻¹ v``: ``V [m, D]`` (or ``[D]``) → same shape, dtype and device."""
+        """Rows ``(H + λI)⁻¹ v``: ``V [m, D]`` (or ``[D]``) → same shape, dtype and device.
+
+        The result is a plain tensor (``requires_grad=False``, no autograd graph), even
+        when ``V`` carries one or the solver differentiates the model inside.
+        """
         if not self.fitted:
             raise GradsiftError(f"{type(self).__name__} is not fitted; call fit(...) first")
-        V_in = torch.as_tensor(V)
+        V_in = torch.as_tensor(V).detach()
         squeeze = V_in.dim() == 1
         W = V_in.reshape(1, -1) if squeeze else V_in
         if W.dim() != 2 or W.shape[1] != self.dim:
@@ -196,7 +200,7 @@ class InverseHVP(ABC):
         X = self._solve(W.to(self._device, self._dtype), diag)
         diag.seconds = time.perf_counter() - t0
         self.diagnostics = diag
-        X = X.to(V_in.device, V_in.dtype)
+        X = X.detach().to(V_in.device, V_in.dtype)
         return X[0] if squeeze else X
 
     @abstractmethod
