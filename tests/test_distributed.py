@@ -58,14 +58,7 @@ RESUME_ARGS = (  # the CLI spelling of make_setup() + CONFIG
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The ranks run with OMP_NUM_THREADS=1, and float sums depend on the thread count:
-    the in-process references for the bit-identity checks use one thread too."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_setup(seed: int = 0):

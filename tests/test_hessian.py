@@ -13,14 +13,7 @@ from gradsift.errors import GradientError, GradsiftError
 from gradsift.influence.hessian import HessianOperator
 from gradsift.task import BinaryClassificationTask, ClassificationTask
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny problems: one intra-op thread is faster, and immune to a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def explicit_hessian(model, names, x, y, loss, weight_decay=0.0):

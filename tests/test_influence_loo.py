@@ -29,13 +29,7 @@ WD = 1e-2
 N_TRAIN = 300
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny problems: one intra-op thread is faster, and immune to a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def newton(A, y, theta, tol=1e-13):

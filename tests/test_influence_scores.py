@@ -32,13 +32,7 @@ from gradsift.training import TrainConfig, train_classifier
 DAMPING = 0.3  # the SGD-trained MLP has Hessian eigenvalues down to -0.16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny problems: one intra-op thread is faster, and immune to a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class MarginTask(ClassificationTask):

@@ -32,13 +32,7 @@ needs_mnist = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The CI machine has 2 shared cores: one intra-op thread avoids oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Official MNIST test-set class counts (LeCun et al.), digits 0..9.

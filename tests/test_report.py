@@ -16,7 +16,6 @@ import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from gradsift.datasets import load_digits
@@ -41,12 +40,7 @@ needs_chromium = pytest.mark.skipif(
 DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _decode(b64: str) -> np.ndarray:
