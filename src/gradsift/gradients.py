@@ -201,7 +201,7 @@ class GradientComputer:
         """auto: the hooks path is exact (rows independent, only linear parameters)."""
         from gradsift.hooks import LinearHookGradients
 
-        return bool(getattr(self.task, "rows_independent", False)) and (
+        return self.task.rows_independent and (
             LinearHookGradients.supports(self.model, self.task)
         )
 
