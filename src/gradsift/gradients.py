@@ -201,9 +201,7 @@ class GradientComputer:
         """auto: the hooks path is exact (rows independent, only linear parameters)."""
         from gradsift.hooks import LinearHookGradients
 
-        return self.task.rows_independent and (
-            LinearHookGradients.supports(self.model, self.task)
-        )
+        return self.task.rows_independent and (LinearHookGradients.supports(self.model, self.task))
 
     def _closed_form_possible(self) -> tuple[bool, str]:
         if self.measurement and type(self.task).measurement is not Task.measurement:
