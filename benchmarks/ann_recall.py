@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from gradsift.neighbors import IndexConfig, build_index, recall_at_k
+from gradsift.influence.neighbors import IndexConfig, build_index, recall_at_k
 
 
 def make_data(n: int, m: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

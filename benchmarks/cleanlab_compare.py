@@ -13,7 +13,7 @@ For each noise setting (20% symmetric and 20% class-pair asymmetric by default) 
      score = 1 − ``cleanlab.rank.get_label_quality_scores`` (self-confidence).
      Time = 5 trainings + cleanlab.
    - loss: the per-sample loss (gradsift's ``loss`` detector) at the same checkpoints.
-2. **Trimming** with the budget chosen on validation (gradsift.trim): a few rankings fixed
+2. **Trimming** with the budget chosen on validation (gradsift.experiments.trimming): a few rankings fixed
    in advance, random removal of the same count, no trimming and the oracle, over 3 seeds.
 
 cleanlab is a benchmark-only extra (``pip install cleanlab``). Everything trains with one
@@ -39,12 +39,12 @@ import torch
 from sklearn.model_selection import StratifiedKFold
 
 from gradsift.checkpoints import CheckpointRecorder
-from gradsift.datasets import LabeledData, load_mnist
-from gradsift.metrics import detection_metrics
-from gradsift.oga import OGAConfig, OutlierGradientAnalysis
+from gradsift.detect.metrics import detection_metrics
+from gradsift.detect.oga import OGAConfig, OutlierGradientAnalysis
+from gradsift.experiments.datasets import LabeledData, load_mnist
+from gradsift.experiments.training import accuracy, predict_proba, train_classifier
+from gradsift.experiments.trimming import Recipe, TrimConfig, run_trim_experiment, summary_markdown
 from gradsift.task import ClassificationTask
-from gradsift.training import accuracy, predict_proba, train_classifier
-from gradsift.trim import Recipe, TrimConfig, run_trim_experiment, summary_markdown
 
 ALL_DETECTORS = ("l1", "l2", "iforest", "ecod", "knn", "lof", "loss", "random")
 

@@ -17,12 +17,13 @@ from collections import defaultdict
 import numpy as np
 
 from gradsift.checkpoints import CheckpointRecorder
-from gradsift.datasets import load_dataset
-from gradsift.metrics import detection_metrics
-from gradsift.models import mlp
-from gradsift.oga import DEFAULT_DETECTORS, OGAConfig, OutlierGradientAnalysis
+from gradsift.config import DEFAULT_DETECTORS
+from gradsift.detect.metrics import detection_metrics
+from gradsift.detect.oga import OGAConfig, OutlierGradientAnalysis
+from gradsift.experiments.datasets import load_dataset
+from gradsift.experiments.models import mlp
+from gradsift.experiments.training import TrainConfig, train_classifier
 from gradsift.task import ClassificationTask
-from gradsift.training import TrainConfig, train_classifier
 
 MODES = ("best", "final", "ensemble")
 METRICS = ("auroc", "average_precision", "precision_at_m")

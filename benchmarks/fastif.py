@@ -46,14 +46,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradsift.datasets import load_mnist
+from gradsift.experiments.datasets import load_mnist
+from gradsift.experiments.models import mlp
+from gradsift.experiments.training import TrainConfig, accuracy, train_classifier
+from gradsift.grads.projection import ProjectionConfig
 from gradsift.influence import ExactSolver, LiSSASolver
 from gradsift.influence.fastif import FastIF, FastIFConfig, full_influence
-from gradsift.models import mlp
-from gradsift.neighbors import IndexConfig, recall_at_k
-from gradsift.projection import ProjectionConfig
+from gradsift.influence.neighbors import IndexConfig, recall_at_k
 from gradsift.task import ClassificationTask
-from gradsift.training import TrainConfig, accuracy, train_classifier
 
 PAPER_SPEEDUP = 80  # FastIF (Guo et al., 2021), reported on MNLI with BERT
 

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradsift.datasets import load_digits
-from gradsift.gradients import GradientComputer
-from gradsift.models import mlp, small_cnn
+from gradsift.experiments.datasets import load_digits
+from gradsift.experiments.models import mlp, small_cnn
+from gradsift.grads.computer import GradientComputer
 from gradsift.task import ClassificationTask
 
 

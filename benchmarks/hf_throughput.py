@@ -32,8 +32,10 @@ from typing import Any
 
 import torch
 
-from gradsift.gradients import GradientComputer
-from gradsift.hf.llm_tasks import CausalLMData, load_influence_task
+from gradsift.experiments.llm_tasks import CausalLMData, load_influence_task
+from gradsift.experiments.text_data import TokenizedText, collate_trimmed, load_rotten_tomatoes
+from gradsift.grads.computer import GradientComputer
+from gradsift.grads.hooks import LinearHookGradients
 from gradsift.hf.models import (
     LoraSettings,
     add_lora,
@@ -42,8 +44,6 @@ from gradsift.hf.models import (
     minilm_classifier,
 )
 from gradsift.hf.tasks import CausalLMTask, SequenceClassificationTask
-from gradsift.hf.text_data import TokenizedText, collate_trimmed, load_rotten_tomatoes
-from gradsift.hooks import LinearHookGradients
 
 
 def sync(device: torch.device) -> None:

@@ -42,13 +42,13 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.datasets import load_breast_cancer
 
 from gradsift.checkpoints import CheckpointRecorder
-from gradsift.datasets import load_digits
 from gradsift.errors import GradsiftError
+from gradsift.experiments.datasets import load_digits
+from gradsift.experiments.models import logistic_regression, mlp
+from gradsift.experiments.training import TrainConfig, train_classifier
 from gradsift.influence import ConvergenceWarning, InfluenceScorer, LiSSASolver
-from gradsift.models import logistic_regression, mlp
 from gradsift.progress import track
 from gradsift.task import BinaryClassificationTask, ClassificationTask, Task
-from gradsift.training import TrainConfig, train_classifier
 
 # --------------------------------------------------------------------------- methods
 

@@ -47,18 +47,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradsift.hf.fisher import GradientFisherOperator
-from gradsift.hf.llm_tasks import (
+from gradsift.experiments.hf_training import FineTuneConfig, evaluate_loss, fine_tune
+from gradsift.experiments.llm_tasks import (
     TASK_NAMES,
     CausalLMData,
     class_retrieval_metrics,
     load_influence_task,
 )
+from gradsift.experiments.representations import cosine_scores, mean_hidden_states
+from gradsift.grads.hooks import LinearHookGradients, hook_gradients
 from gradsift.hf.models import LoraSettings, add_lora, load_smollm2
-from gradsift.hf.representations import cosine_scores, mean_hidden_states
 from gradsift.hf.tasks import CausalLMTask
-from gradsift.hf.training import FineTuneConfig, evaluate_loss, fine_tune
-from gradsift.hooks import LinearHookGradients, hook_gradients
+from gradsift.influence.fisher import GradientFisherOperator
 from gradsift.influence.solvers import DataInfSolver, LiSSASolver
 
 METHOD_ORDER = ["dot", "cosine", "datainf", "lissa", "fastif", "hidden-cosine"]
@@ -210,9 +210,9 @@ def run_task(
     }
 
     try:
+        from gradsift.grads.projection import ProjectionConfig
         from gradsift.influence.fastif import FastIF, FastIFConfig
-        from gradsift.neighbors import IndexConfig
-        from gradsift.projection import ProjectionConfig
+        from gradsift.influence.neighbors import IndexConfig
     except ImportError as err:  # faiss missing
         print(f"[{name}] FastIF skipped: {err}", flush=True)
     else:

@@ -79,7 +79,7 @@ def synthetic_rows(rows: int, seed: int, base: dict[str, np.ndarray]) -> np.ndar
 
 
 def make_store(path: Path, n: int) -> None:
-    from gradsift.store import GradientStore, StoreSettings
+    from gradsift.store.gradient_store import GradientStore, StoreSettings
 
     settings = StoreSettings(
         fingerprint="synthetic-projected-gradients",
@@ -123,7 +123,7 @@ class SyntheticInputs(Dataset):
 
 
 def _timed(fn) -> tuple[Any, float]:
-    from gradsift import distributed as D
+    from gradsift.distributed import process_group as D
 
     D.barrier()
     start = time.perf_counter()
@@ -136,23 +136,23 @@ def worker(op: str, args: dict[str, Any]) -> dict[str, Any]:
     """Run one measured operation; returns rank 0's measurements."""
     import torch
 
-    from gradsift import distributed as D
-    from gradsift.store import GradientStore
+    from gradsift.distributed import process_group as D
+    from gradsift.store.gradient_store import GradientStore
 
     ctx = D.init_distributed()
     out: dict[str, Any] = {"world_size": ctx.world_size, "threads": torch.get_num_threads()}
     if op == "baseline":
         import sklearn.ensemble  # noqa: F401
 
-        import gradsift.streaming  # noqa: F401
+        import gradsift.distributed.scoring  # noqa: F401
 
         with contextlib.suppress(ImportError):  # faiss is only needed for the IVF rows
-            import gradsift.neighbors  # noqa: F401
+            import gradsift.influence.neighbors  # noqa: F401
     elif op == "extract":
         from torch import nn
 
-        from gradsift.extract import ExtractConfig
-        from gradsift.sharded import sharded_extract
+        from gradsift.distributed.sharded_extract import sharded_extract
+        from gradsift.grads.extract import ExtractConfig
         from gradsift.task import ClassificationTask
 
         torch.manual_seed(0)
@@ -168,14 +168,14 @@ def worker(op: str, args: dict[str, Any]) -> dict[str, Any]:
         store = GradientStore.open(args["path"])
         test = np.load(args["test"])
         if op == "topk":
-            from gradsift.streaming import distributed_topk
+            from gradsift.distributed.scoring import distributed_topk
 
             (helpful, _), out["seconds"] = _timed(lambda: distributed_topk(store, test, K))
             if ctx.is_main and args.get("save"):
                 np.save(args["save"], helpful.result()[1])
         elif op in ("l2", "iforest"):
-            import gradsift.detectors  # noqa: F401  (scikit-learn import: not part of the timing)
-            from gradsift.streaming import distributed_scores
+            import gradsift.detect  # noqa: F401  (scikit-learn import: not part of the timing)
+            from gradsift.distributed.scoring import distributed_scores
 
             (scores, _), out["seconds"] = _timed(
                 lambda: distributed_scores(store, op, sample_size=FIT_SAMPLE, seed=0)
@@ -189,7 +189,7 @@ def worker(op: str, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ivf(store: Any, test: np.ndarray, args: dict[str, Any]) -> dict[str, Any]:
-    from gradsift.neighbors import IndexConfig, build_index, recall_at_k
+    from gradsift.influence.neighbors import IndexConfig, build_index, recall_at_k
 
     config = IndexConfig(
         backend="ivf",

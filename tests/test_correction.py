@@ -7,14 +7,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradsift.correction import CorrectionConfig, correct_errors, error_correction, finetune
-from gradsift.datasets import load_digits, load_half_moons
 from gradsift.errors import GradsiftError
+from gradsift.experiments.correction import (
+    CorrectionConfig,
+    correct_errors,
+    error_correction,
+    finetune,
+)
+from gradsift.experiments.datasets import load_digits, load_half_moons
+from gradsift.experiments.models import mlp
+from gradsift.experiments.training import TrainConfig, accuracy, train_classifier
 from gradsift.influence import ExactSolver
 from gradsift.influence.scores import InfluenceScorer
-from gradsift.models import mlp
 from gradsift.task import ClassificationTask
-from gradsift.training import TrainConfig, accuracy, train_classifier
 
 
 @pytest.fixture(scope="module")

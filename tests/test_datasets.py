@@ -1,4 +1,4 @@
-"""Tests for gradsift.datasets: split sizes, noise only in train, standardisation."""
+"""Tests for gradsift.experiments.datasets: split sizes, noise only in train, standardisation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits as sk_load_digits
 
-from gradsift.datasets import (
+from gradsift.experiments.datasets import (
     LabeledData,
     Split,
     from_arrays,
@@ -14,7 +14,7 @@ from gradsift.datasets import (
     load_digits,
     load_half_moons,
 )
-from gradsift.noise import DEFAULT_ASYMMETRIC_MAP
+from gradsift.experiments.noise import DEFAULT_ASYMMETRIC_MAP
 
 
 def _check_split_types(s: Split) -> None:

@@ -9,14 +9,14 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from sklearn.random_projection import johnson_lindenstrauss_min_dim
 
-from gradsift.detectors import (
+from gradsift.detect import (
     Detector,
     NotFittedError,
     available_detectors,
     get_detector,
     register,
 )
-from gradsift.detectors import base as det_base
+from gradsift.detect import registry as det_registry
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_pyod_by_module_or_class_name() -> None:
 
 
 def test_register_custom(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(det_base, "_REGISTRY", dict(det_base._REGISTRY))
+    monkeypatch.setattr(det_registry, "_REGISTRY", dict(det_registry._REGISTRY))
 
     @register("first_col")
     class FirstCol(Detector):

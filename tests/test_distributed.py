@@ -3,7 +3,7 @@
 The multi-process tests launch this file as a ``torchrun --standalone --nproc-per-node 2``
 job (see ``main`` at the bottom): two real processes, a real gloo process group, a real
 SIGKILL. Ground truth is computed independently in the pytest process: a single-process
-:func:`gradsift.extract.extract`, :func:`gradsift.topk.pairwise_topk`, numpy brute force.
+:func:`gradsift.grads.extract.extract`, :func:`gradsift.store.kernels.pairwise_topk`, numpy brute force.
 """
 
 from __future__ import annotations
@@ -21,21 +21,21 @@ import pytest
 import torch
 from torch import nn
 
-from gradsift import distributed as D
-from gradsift.errors import GradsiftError, StoreError
-from gradsift.extract import ExtractConfig, extract
-from gradsift.projection import ProjectionConfig
-from gradsift.sharded import sharded_extract
-from gradsift.store import GradientStore, StoreSettings
-from gradsift.streaming import (
+from gradsift.distributed import process_group as D
+from gradsift.distributed.scoring import (
     distributed_scores,
     distributed_topk,
     fold_block,
     sample_rows,
     self_influence,
 )
+from gradsift.distributed.sharded_extract import sharded_extract
+from gradsift.errors import GradsiftError, StoreError
+from gradsift.grads.extract import ExtractConfig, extract
+from gradsift.grads.projection import ProjectionConfig
+from gradsift.store.gradient_store import GradientStore, StoreSettings
+from gradsift.store.kernels import StreamingTopK, pairwise_topk
 from gradsift.task import ClassificationTask
-from gradsift.topk import StreamingTopK, pairwise_topk
 
 HERE = Path(__file__).resolve()
 N_ROWS, ROWS_PER_SHARD = 230, 20
@@ -166,7 +166,7 @@ def test_streaming_scores_match_brute_force(tmp_path):
     loss, _ = distributed_scores(store, "loss")
     assert np.array_equal(loss, losses)
 
-    from gradsift.detectors import IsolationForestDetector
+    from gradsift.detect import IsolationForestDetector
 
     scores, info = distributed_scores(store, "iforest", sample_size=100, seed=3)
     rows, X = sample_rows(store, 100, seed=3)
@@ -243,7 +243,7 @@ def test_cli_extract_resume_and_score(tmp_path):
     from typer.testing import CliRunner
 
     from gradsift.cli import app
-    from gradsift.scale_cli import BuiltinModel, builtin_setup
+    from gradsift.distributed.jobs import BuiltinModel, builtin_setup
 
     runner = CliRunner()
     ckpt, train, test = tmp_path / "mlp.pt", tmp_path / "train", tmp_path / "test"
@@ -359,7 +359,7 @@ def test_torchrun_scoring_equals_single_process(tmp_path):
         log = finish(job)
         assert job.returncode == 0, log
     got = {r: np.load(tmp_path / f"rank{r}.npz") for r in (0, 1)}
-    from gradsift.detectors import IsolationForestDetector, L1Norm, L2Norm
+    from gradsift.detect import IsolationForestDetector, L1Norm, L2Norm
 
     helpful, harmful = pairwise_topk(store.iter_blocks(), test, k=6)
     for r in (0, 1):  # every rank holds the merged result

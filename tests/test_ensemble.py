@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.ensemble import IsolationForest
 
-from gradsift.detectors import Detector, ensemble_scores
+from gradsift.detect import Detector, ensemble_scores
 
 
 @pytest.fixture(scope="module")

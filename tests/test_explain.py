@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from gradsift.datasets import load_digits
 from gradsift.errors import GradsiftError
-from gradsift.explain import add_explanations, explain, heatmap_figure, run_explain
+from gradsift.experiments.datasets import load_digits
+from gradsift.experiments.models import mlp
+from gradsift.experiments.training import TrainConfig, train_classifier
 from gradsift.influence import ExactSolver
+from gradsift.influence.explain import add_explanations, explain, heatmap_figure, run_explain
 from gradsift.influence.fastif import FastIFConfig
 from gradsift.influence.scores import InfluenceScorer
-from gradsift.models import mlp
 from gradsift.report.html import Report
 from gradsift.task import ClassificationTask
-from gradsift.training import TrainConfig, train_classifier
 
 
 @pytest.fixture(scope="module")

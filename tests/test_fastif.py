@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradsift.errors import GradsiftError
+from gradsift.grads.projection import ProjectionConfig
 from gradsift.influence import ExactSolver, IdentitySolver, LiSSASolver
 from gradsift.influence.fastif import (
     FastIF,
@@ -18,9 +19,8 @@ from gradsift.influence.fastif import (
     full_influence,
     penultimate_features,
 )
-from gradsift.neighbors import IndexConfig, recall_at_k
-from gradsift.projection import ProjectionConfig
-from gradsift.store import GradientStore, StoreSettings
+from gradsift.influence.neighbors import IndexConfig, recall_at_k
+from gradsift.store.gradient_store import GradientStore, StoreSettings
 from gradsift.task import ClassificationTask
 
 WD = 1e-2  # weight decay of the convex model: H = mean CE Hessian + WD·I

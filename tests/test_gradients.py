@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradsift.errors import GradientError
-from gradsift.gradients import GradientComputer
+from gradsift.grads.computer import GradientComputer
 from gradsift.task import BinaryClassificationTask, ClassificationTask, select_tracked
 
 TOL = {torch.float64: 1e-5, torch.float32: 1e-4}

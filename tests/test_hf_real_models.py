@@ -17,12 +17,12 @@ pytest.importorskip("transformers", reason="transformers is not installed")
 pytest.importorskip("peft", reason="peft is not installed")
 
 from gradsift.errors import GradsiftError  # noqa: E402
-from gradsift.gradients import GradientComputer  # noqa: E402
+from gradsift.experiments.llm_tasks import CausalLMData, load_influence_task  # noqa: E402
+from gradsift.experiments.text_data import TokenizedText, collate_trimmed, load_rotten_tomatoes  # noqa: E402
+from gradsift.grads.computer import GradientComputer  # noqa: E402
+from gradsift.grads.hooks import LinearHookGradients  # noqa: E402
 from gradsift.hf import models as hf_models  # noqa: E402
-from gradsift.hf.llm_tasks import CausalLMData, load_influence_task  # noqa: E402
 from gradsift.hf.tasks import IGNORE_INDEX, CausalLMTask, SequenceClassificationTask  # noqa: E402
-from gradsift.hf.text_data import TokenizedText, collate_trimmed, load_rotten_tomatoes  # noqa: E402
-from gradsift.hooks import LinearHookGradients  # noqa: E402
 
 pytestmark = pytest.mark.slow
 # float32 through 6 (MiniLM) / 30 (SmolLM2) layers: measured max relative errors 2.0e-6

@@ -16,8 +16,9 @@ pytest.importorskip("transformers", reason="transformers is not installed")
 pytest.importorskip("peft", reason="peft is not installed")
 
 from gradsift.errors import GradientError  # noqa: E402
-from gradsift.gradients import GradientComputer  # noqa: E402
-from gradsift.hf.llm_tasks import collate_causal, encode_example  # noqa: E402
+from gradsift.experiments.llm_tasks import collate_causal, encode_example  # noqa: E402
+from gradsift.grads.computer import GradientComputer  # noqa: E402
+from gradsift.grads.hooks import LinearHookGradients  # noqa: E402
 from gradsift.hf.models import (  # noqa: E402
     LoraSettings,
     add_lora,
@@ -32,7 +33,6 @@ from gradsift.hf.tasks import (  # noqa: E402
     SequenceClassificationTask,
     resolve_tracked,
 )
-from gradsift.hooks import LinearHookGradients  # noqa: E402
 
 TEXTS = [
     "a gripping and beautifully acted drama",
@@ -398,8 +398,8 @@ def test_train_mode_dropout_refused(bert_tok):
 
 # --------------------------------------------------------------------- Fisher curvature
 def test_gradient_fisher_operator_with_lissa_and_datainf():
-    from gradsift.gradients import Block
-    from gradsift.hf.fisher import GradientFisherOperator
+    from gradsift.grads.layout import Block
+    from gradsift.influence.fisher import GradientFisherOperator
     from gradsift.influence.solvers import DataInfSolver, LiSSASolver
 
     gen = torch.Generator().manual_seed(0)

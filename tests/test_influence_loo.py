@@ -21,8 +21,8 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 from sklearn.datasets import load_breast_cancer
 
+from gradsift.experiments.models import logistic_regression
 from gradsift.influence import ConvergenceWarning, InfluenceScorer, LiSSASolver
-from gradsift.models import logistic_regression
 from gradsift.task import BinaryClassificationTask
 
 WD = 1e-2

@@ -17,17 +17,17 @@ from torch import nn
 from torch.func import functional_call
 
 from gradsift.checkpoints import CheckpointRecorder
-from gradsift.datasets import load_half_moons
-from gradsift.detectors import available_detectors, get_detector
+from gradsift.detect import available_detectors, get_detector
+from gradsift.detect.metrics import detection_metrics
 from gradsift.errors import GradsiftError
-from gradsift.extract import ExtractConfig, extract
-from gradsift.gradients import GradientComputer
+from gradsift.experiments.datasets import load_half_moons
+from gradsift.experiments.models import mlp
+from gradsift.experiments.training import TrainConfig, train_classifier
+from gradsift.grads.computer import GradientComputer
+from gradsift.grads.extract import ExtractConfig, extract
+from gradsift.grads.projection import ProjectionConfig, Projector
 from gradsift.influence import METHODS, ExactSolver, InfluenceScorer
-from gradsift.metrics import detection_metrics
-from gradsift.models import mlp
-from gradsift.projection import ProjectionConfig, Projector
 from gradsift.task import ClassificationTask
-from gradsift.training import TrainConfig, train_classifier
 
 DAMPING = 0.3  # the SGD-trained MLP has Hessian eigenvalues down to -0.16
 

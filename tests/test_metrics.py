@@ -1,11 +1,11 @@
-"""Tests for gradsift.metrics against brute-force computations."""
+"""Tests for gradsift.detect.metrics against brute-force computations."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from gradsift.metrics import detection_metrics
+from gradsift.detect.metrics import detection_metrics
 
 
 def _brute_auroc(scores: np.ndarray, pos: np.ndarray) -> float:

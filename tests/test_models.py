@@ -1,4 +1,4 @@
-"""Tests for gradsift.models: Linear head last, output shapes, seeded construction."""
+"""Tests for gradsift.experiments.models: Linear head last, output shapes, seeded construction."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradsift.models import build_model, head, logistic_regression, mlp, small_cnn
+from gradsift.experiments.models import build_model, head, logistic_regression, mlp, small_cnn
 
 
 def _last_module(model: nn.Module) -> nn.Module:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gradsift.errors import GradsiftError
-from gradsift.neighbors import (
+from gradsift.influence.neighbors import (
     ExactIndex,
     IndexConfig,
     build_index,
@@ -15,7 +15,7 @@ from gradsift.neighbors import (
     make_index,
     recall_at_k,
 )
-from gradsift.store import GradientStore, StoreSettings
+from gradsift.store.gradient_store import GradientStore, StoreSettings
 
 N, D, M, K = 3000, 16, 40, 20
 

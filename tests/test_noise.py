@@ -1,11 +1,11 @@
-"""Tests for gradsift.noise.flip_labels against direct checks of the returned labels."""
+"""Tests for gradsift.experiments.noise.flip_labels against direct checks of the returned labels."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from gradsift.noise import DEFAULT_ASYMMETRIC_MAP, flip_labels
+from gradsift.experiments.noise import DEFAULT_ASYMMETRIC_MAP, flip_labels
 
 
 def _labels(n: int = 1000, n_classes: int = 10, seed: int = 123) -> np.ndarray:

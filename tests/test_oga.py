@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from gradsift.checkpoints import CheckpointRecorder
-from gradsift.datasets import load_half_moons
+from gradsift.detect.metrics import detection_metrics
+from gradsift.detect.oga import OGAConfig, OutlierGradientAnalysis, select_checkpoints
 from gradsift.errors import GradsiftError
-from gradsift.metrics import detection_metrics
-from gradsift.models import mlp
-from gradsift.oga import OGAConfig, OutlierGradientAnalysis, select_checkpoints
+from gradsift.experiments.datasets import load_half_moons
+from gradsift.experiments.models import mlp
+from gradsift.experiments.training import TrainConfig, train_classifier
 from gradsift.task import ClassificationTask
-from gradsift.training import TrainConfig, train_classifier
 
 
 @pytest.fixture(scope="module")

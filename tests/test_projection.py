@@ -6,8 +6,8 @@ import pytest
 import torch
 from sklearn.random_projection import johnson_lindenstrauss_min_dim
 
-from gradsift.gradients import Block
-from gradsift.projection import ProjectionConfig, Projector
+from gradsift.grads.layout import Block
+from gradsift.grads.projection import ProjectionConfig, Projector
 
 KINDS = ["gaussian", "rademacher", "sparse"]
 

@@ -16,11 +16,12 @@ import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
+from browser import check_report, find_chromium
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from gradsift.datasets import load_digits
+from gradsift.experiments.datasets import load_digits
+from gradsift.experiments.trimming import Recipe, TrimConfig, trim_dataset
 from gradsift.report import Report, SampleView, sample_items
-from gradsift.report.browser import check_report, find_chromium
 from gradsift.report.gallery import GalleryItem, image_png, render_table_row, render_text
 from gradsift.report.html import CSP, figure_to_png, png_data_uri
 from gradsift.report.plots import (
@@ -31,7 +32,6 @@ from gradsift.report.plots import (
     trimming_curves,
 )
 from gradsift.report.sections import detection_section, trim_report, trimming_verdict
-from gradsift.trim import Recipe, TrimConfig, trim_dataset
 
 CHROMIUM = find_chromium()
 needs_chromium = pytest.mark.skipif(
@@ -340,7 +340,7 @@ def test_browser_check_catches_a_broken_page(tmp_path: Path) -> None:
 
 
 def test_demo_report(tmp_path: Path) -> None:
-    from gradsift.demo import run_demo
+    from gradsift.experiments.demo import run_demo
     from gradsift.report.sections import demo_report
 
     res = run_demo(epochs=5, detectors=("l2", "loss"), modes=("best", "final"))
@@ -358,10 +358,10 @@ def test_demo_report(tmp_path: Path) -> None:
 def test_detect_report_renders_rows_as_they_are(tmp_path: Path, fmt: str) -> None:
     from sklearn.datasets import load_digits as sk_digits
 
-    from gradsift.oga import OGAConfig
+    from gradsift.detect.oga import OGAConfig
+    from gradsift.experiments.tabular import detect_table, read_table
+    from gradsift.experiments.training import TrainConfig
     from gradsift.report.sections import detect_report_for_cli
-    from gradsift.tabular import detect_table, read_table
-    from gradsift.training import TrainConfig
 
     d = sk_digits()
     path = tmp_path / f"digits.{fmt}"

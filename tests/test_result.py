@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gradsift.detectors import get_detector
-from gradsift.result import DetectionResult, budget_to_count
+from gradsift.detect import get_detector
+from gradsift.detect.result import DetectionResult, budget_to_count
 
 
 def _direct_rank(scores: np.ndarray) -> np.ndarray:

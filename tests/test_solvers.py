@@ -13,7 +13,7 @@ from torch import nn
 from torch.func import functional_call
 
 from gradsift.errors import GradsiftError
-from gradsift.gradients import Block
+from gradsift.grads.layout import Block
 from gradsift.influence import (
     CGSolver,
     ConvergenceWarning,
@@ -255,7 +255,7 @@ def test_datainf_closed_form_per_block():
 
 
 def test_datainf_fit_from_model_uses_per_sample_gradients(setup):
-    from gradsift.gradients import GradientComputer
+    from gradsift.grads.computer import GradientComputer
 
     G = GradientComputer(setup["model"], setup["task"]).compute((setup["x"], setup["y"]))[0]
     a = DataInfSolver().fit(setup["model"], setup["task"], (setup["x"], setup["y"]), batch_size=7)

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from gradsift.errors import GradsiftError, StoreError
-from gradsift.extract import ExtractConfig, compute_gradients, extract
-from gradsift.store import GradientStore, StoreSettings, model_fingerprint
+from gradsift.grads.extract import ExtractConfig, compute_gradients, extract
+from gradsift.store.gradient_store import GradientStore, StoreSettings, model_fingerprint
 from gradsift.task import ClassificationTask
 
 JOB = Path(__file__).parent / "jobs" / "extract_job.py"

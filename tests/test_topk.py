@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradsift.topk import StreamingTopK, pairwise_topk
+from gradsift.store.kernels import StreamingTopK, pairwise_topk
 
 
 def blocks_of(X, size):

@@ -1,4 +1,4 @@
-"""Tests for gradsift.training: determinism, modes, recorder hook, input validation."""
+"""Tests for gradsift.experiments.training: determinism, modes, recorder hook, input validation."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from gradsift.checkpoints import CheckpointRecorder
-from gradsift.datasets import load_half_moons
-from gradsift.models import logistic_regression, mlp
-from gradsift.training import (
+from gradsift.experiments.datasets import load_half_moons
+from gradsift.experiments.models import logistic_regression, mlp
+from gradsift.experiments.training import (
     TrainConfig,
     accuracy,
     predict_proba,

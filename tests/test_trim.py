@@ -22,13 +22,13 @@ import pandas as pd
 import pytest
 import torch
 
-import gradsift.trim as trim
-from gradsift.datasets import LabeledData, load_digits
+import gradsift.experiments.trimming as trim
+from gradsift.detect.result import DetectionResult
 from gradsift.errors import GradsiftError
-from gradsift.models import build_model
-from gradsift.result import DetectionResult
-from gradsift.training import TrainConfig, accuracy, train_classifier
-from gradsift.trim import (
+from gradsift.experiments.datasets import LabeledData, load_digits
+from gradsift.experiments.models import build_model
+from gradsift.experiments.training import TrainConfig, accuracy, train_classifier
+from gradsift.experiments.trimming import (
     Recipe,
     TrimConfig,
     ValidationRuns,
@@ -58,7 +58,7 @@ def noisy_truth(digits: LabeledData) -> np.ndarray:
 def _direct_accuracy(
     data: LabeledData, keep: np.ndarray, seed: int, recipe: Recipe
 ) -> tuple[float, float]:
-    """Train with plain gradsift.training, independent of gradsift.trim."""
+    """Train with plain gradsift.experiments.training, independent of gradsift.experiments.trimming."""
     torch.set_num_threads(1)
     model = build_model(recipe.model, (data.n_features,), data.n_classes, seed=seed)
     cfg = TrainConfig(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, seed=seed)
@@ -305,8 +305,8 @@ def test_killed_process_resumes(tmp_path: Path) -> None:
     """
     setup = textwrap.dedent(
         f"""
-        from gradsift.datasets import load_digits
-        from gradsift.trim import Recipe, TrimConfig
+        from gradsift.experiments.datasets import load_digits
+        from gradsift.experiments.trimming import Recipe, TrimConfig
         d = load_digits(noise=0.2, seed=0)
         recipe = Recipe(model="mlp", epochs=10, batch_size=32, model_kwargs={{"hidden": [32]}})
         cfg = TrimConfig(budgets=(0.05, 0.1), seeds=(0, 1, 2), n_jobs=1, cache_dir={str(tmp_path)!r},
@@ -316,7 +316,7 @@ def test_killed_process_resumes(tmp_path: Path) -> None:
     script = setup + textwrap.dedent(
         """
         import time
-        from gradsift.trim import run_trim_experiment
+        from gradsift.experiments.trimming import run_trim_experiment
         run_trim_experiment(d, {}, recipe, cfg, on_run_done=lambda job, rec: time.sleep(1.0))
         """
     )

@@ -1,6 +1,6 @@
 """gradsift: training-data attribution and cleaning for PyTorch.
 
-Outlier Gradient Analysis (:mod:`gradsift.oga`), influence functions
+Outlier Gradient Analysis (:mod:`gradsift.detect.oga`), influence functions
 (:mod:`gradsift.influence`), FastIF, and the gradient store they share. See
 ``docs/ARCHITECTURE.md`` for the module map.
 """

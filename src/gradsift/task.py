@@ -88,7 +88,7 @@ class Task(ABC):
     head_loss: ClassVar[HeadLoss | None] = None
     #: Set by tasks whose model never mixes the rows of a batch (in eval mode), so
     #: ``method="auto"`` may take the hooks path for linear parameters
-    #: (:mod:`gradsift.hooks`), which is wrong for models that mix rows.
+    #: (:mod:`gradsift.grads.hooks`), which is wrong for models that mix rows.
     rows_independent: ClassVar[bool] = False
 
     @abstractmethod

@@ -9,8 +9,8 @@ import time
 import torch
 from torch import nn
 
-from gradsift.extract import ExtractConfig, extract
-from gradsift.projection import ProjectionConfig
+from gradsift.grads.extract import ExtractConfig, extract
+from gradsift.grads.projection import ProjectionConfig
 from gradsift.task import ClassificationTask
 
 

@@ -17,12 +17,12 @@ Modules:
 - :mod:`gradsift.hf.tasks`: :class:`SequenceClassificationTask`,
   :class:`CausalLMTask` (prompt tokens masked), tracked ``"head"``/``"lora"``/
   ``"all"``/``"auto"``/names;
-- :mod:`gradsift.hooks`: per-sample gradients of ``nn.Linear`` weights
+- :mod:`gradsift.grads.hooks`: per-sample gradients of ``nn.Linear`` weights
   (LoRA adapters, heads) from forward/backward hooks, one batched backward pass;
 - :mod:`gradsift.hf.models`: offline loaders, tiny random configs, LoRA wrapping;
-- :mod:`gradsift.hf.text_data`: Rotten Tomatoes, splits, label noise, tokenisation;
-- :mod:`gradsift.hf.llm_tasks`: the three DataInf influence tasks;
-- :mod:`gradsift.hf.training`: fine-tuning loops for text classifiers and causal LMs;
+- :mod:`gradsift.experiments.text_data`: Rotten Tomatoes, splits, label noise, tokenisation;
+- :mod:`gradsift.experiments.llm_tasks`: the three DataInf influence tasks;
+- :mod:`gradsift.experiments.hf_training`: fine-tuning loops for text classifiers and causal LMs;
 - :mod:`gradsift.hf.callbacks`: a Trainer callback and a plain-loop helper recording
   checkpoints and learning rates for TracIn-CP.
 """

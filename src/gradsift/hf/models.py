@@ -132,7 +132,7 @@ class SentenceClassifier(nn.Module):
     ``forward(input_ids, attention_mask=None, token_type_ids=None)``:
 
     - ``input_ids``: ``[B, T]`` token ids, integer or float (a float32 array of ids, as
-      held in :class:`gradsift.datasets.Split`, works with the generic training code);
+      held in :class:`gradsift.experiments.datasets.Split`, works with the generic training code);
     - ``attention_mask``: ``[B, T]`` 0/1; default ``input_ids != pad_token_id``.
 
     Outside ``torch.func`` transforms, trailing columns that are padding in every row are

@@ -185,7 +185,7 @@ class SequenceClassificationTask(ClassificationTask):
     """
 
     #: Rows are independent in eval mode, so the hooks path of
-    #: :mod:`gradsift.hooks` is exact for ``nn.Linear`` parameters (``method="auto"``
+    #: :mod:`gradsift.grads.hooks` is exact for ``nn.Linear`` parameters (``method="auto"``
     #: takes it for LoRA adapters).
     rows_independent = True
 

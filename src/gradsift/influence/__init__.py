@@ -9,11 +9,10 @@
   ``if-lissa``, ``datainf``. Positive = helpful.
 
 Importing this package also registers the self-influence detectors
-(:mod:`gradsift.detectors.influence`: ``self-dot``, ``self-datainf``, ``self-if-exact``,
+(:mod:`gradsift.detect.self_influence`: ``self-dot``, ``self-datainf``, ``self-if-exact``,
 ``self-if-cg``, ``self-if-lissa``, ``self-tracin``).
 """
 
-import gradsift.detectors.influence  # noqa: F401  (registers the self-influence detectors)
 from gradsift.influence.hessian import BatchSource, HessianOperator
 from gradsift.influence.scores import METHODS, InfluenceMethod, InfluenceScorer, TopKInfluence
 from gradsift.influence.solvers import (

@@ -24,8 +24,8 @@ Three changes to plain influence (METHODS.md, "FastIF"):
    depend on it (up to BLAS thread-count rounding).
 
 Training gradients of the candidates are computed on demand with
-:class:`~gradsift.gradients.GradientComputer` (a backward pass per candidate, as in the
-paper), or gathered from a precomputed matrix or :class:`~gradsift.store.GradientStore`.
+:class:`~gradsift.grads.computer.GradientComputer` (a backward pass per candidate, as in the
+paper), or gathered from a precomputed matrix or :class:`~gradsift.store.gradient_store.GradientStore`.
 
 :func:`full_influence` is the unrestricted method (every training row, streaming top-k);
 :func:`compare_with_full` times both on the same test points and reports the recall of
@@ -49,22 +49,22 @@ import torch.multiprocessing as tmp
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
+from gradsift.distributed.scoring import fold_block
 from gradsift.errors import GradsiftError
-from gradsift.gradients import GradientComputer, Method
+from gradsift.grads.computer import GradientComputer, Method
+from gradsift.grads.projection import ProjectionConfig, Projector
 from gradsift.influence.hessian import BatchSource
+from gradsift.influence.neighbors import IndexConfig, NeighborIndex, build_index, recall_at_k
 from gradsift.influence.solvers import (
     ConvergenceWarning,
     InverseHVP,
     LiSSASolver,
     SolverDiagnostics,
 )
-from gradsift.neighbors import IndexConfig, NeighborIndex, build_index, recall_at_k
 from gradsift.progress import track
-from gradsift.projection import ProjectionConfig, Projector
-from gradsift.store import GradientStore
-from gradsift.streaming import fold_block
+from gradsift.store.gradient_store import GradientStore
+from gradsift.store.kernels import StreamingTopK
 from gradsift.task import Task, last_linear
-from gradsift.topk import StreamingTopK
 
 Space = Literal["features", "gradients"]
 TrainGradients = np.ndarray | torch.Tensor | GradientStore

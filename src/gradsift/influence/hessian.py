@@ -4,8 +4,8 @@
 
     ``H = (1/n) Σ_i ∇²_θ ℓ(z_i; θ) + weight_decay · I``
 
-where ``θ`` are the task's tracked parameters (flattened in :class:`~gradsift.gradients.Block`
-layout order, the same layout as :class:`~gradsift.gradients.GradientComputer` rows), ``ℓ``
+where ``θ`` are the task's tracked parameters (flattened in :class:`~gradsift.grads.computer.Block`
+layout order, the same layout as :class:`~gradsift.grads.computer.GradientComputer` rows), ``ℓ``
 is the task's per-sample training loss and ``weight_decay`` is the coupled L2 coefficient
 the model was trained with (``torch.optim`` ``weight_decay``: objective
 ``+ (weight_decay/2)‖θ‖²``). Products run through ``torch.func.functional_call`` on the
@@ -41,8 +41,14 @@ from torch.utils._pytree import tree_map
 from torch.utils.data import Dataset, TensorDataset, default_collate
 
 from gradsift.errors import GradsiftError
-from gradsift.extract import as_dataset
-from gradsift.gradients import Block, _FunctionalModel, _layout, batch_size_of, check_eval_mode
+from gradsift.grads.extract import as_dataset
+from gradsift.grads.layout import (
+    Block,
+    FunctionalModel,
+    batch_size_of,
+    check_eval_mode,
+    layout_of,
+)
 from gradsift.progress import track
 from gradsift.task import Task
 
@@ -152,7 +158,7 @@ class HessianOperator:
         collate_fn: see :class:`BatchSource`.
 
     Attributes:
-        layout: list of :class:`~gradsift.gradients.Block` (tracked tensors in order).
+        layout: list of :class:`~gradsift.grads.computer.Block` (tracked tensors in order).
         dim: ``D``, the number of tracked scalars.
         n: number of training samples.
         dtype, device: of the tracked parameters; vectors are computed in this dtype.
@@ -180,7 +186,7 @@ class HessianOperator:
         check_eval_mode(model)
         self.model, self.task = model, task
         self.params = {k: v.detach() for k, v in task.tracked_parameters(model).items()}
-        self.layout: list[Block] = _layout(task.tracked_parameters(model))
+        self.layout: list[Block] = layout_of(task.tracked_parameters(model))
         self.dim = self.layout[-1].stop
         first = next(iter(self.params.values()))
         self.dtype, self.device = first.dtype, first.device
@@ -290,7 +296,7 @@ class HessianOperator:
             return self._hvp_autograd(batch, V)
 
         def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
-            return task.per_sample_loss(_FunctionalModel(self.model, p), batch).sum()
+            return task.per_sample_loss(FunctionalModel(self.model, p), batch).sum()
 
         grad_fn = grad(loss)
         params = self.params
@@ -314,7 +320,7 @@ class HessianOperator:
         params = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
         leaves = list(params.values())
         with torch.enable_grad():
-            loss = self.task.per_sample_loss(_FunctionalModel(self.model, params), batch).sum()
+            loss = self.task.per_sample_loss(FunctionalModel(self.model, params), batch).sum()
             grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
             flat = torch.cat(
                 [

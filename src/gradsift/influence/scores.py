@@ -21,10 +21,10 @@ point's ``task.measurement`` (its loss by default), both over the tracked parame
 The test side is transformed once (``q_t = (H+λI)⁻¹ g_t``, or ``η_k``-weighted, or
 normalised) and every train block is scored by ``G_block · Qᵀ``, so an
 ``n_train × n_test`` matrix is never needed: :meth:`InfluenceScorer.top_k` streams the
-blocks through :func:`gradsift.topk.pairwise_topk`.
+blocks through :func:`gradsift.store.kernels.pairwise_topk`.
 
 Train rows come from a data set (gradients computed on the fly, ``block_rows`` at a
-time) or from a :class:`~gradsift.store.GradientStore` extracted from the same model
+time) or from a :class:`~gradsift.store.gradient_store.GradientStore` extracted from the same model
 (for ``tracin``: one store per checkpoint, in checkpoint order). A projected store is
 scored against the projected test vectors ``P q_t`` (inner products preserved by
 Johnson–Lindenstrauss); self-influence of the Hessian methods needs unprojected rows.
@@ -45,15 +45,15 @@ from torch.utils.data import Dataset, default_collate
 
 from gradsift.checkpoints import Checkpoint, CheckpointRecorder
 from gradsift.errors import GradsiftError
-from gradsift.gradients import GradientComputer
-from gradsift.gradients import Method as GradMethod
+from gradsift.grads.computer import GradientComputer
+from gradsift.grads.computer import Method as GradMethod
+from gradsift.grads.projection import ProjectionConfig, Projector
 from gradsift.influence.hessian import BatchSource
 from gradsift.influence.solvers import InverseHVP, make_solver
 from gradsift.progress import track
-from gradsift.projection import ProjectionConfig, Projector
-from gradsift.store import GradientStore, model_fingerprint
+from gradsift.store.gradient_store import GradientStore, model_fingerprint
+from gradsift.store.kernels import pairwise_topk
 from gradsift.task import Task
-from gradsift.topk import pairwise_topk
 
 __all__ = ["METHODS", "InfluenceMethod", "InfluenceScorer", "TopKInfluence"]
 
@@ -107,7 +107,7 @@ class InfluenceScorer:
         checkpoints: for ``tracin``: the :class:`~gradsift.checkpoints.Checkpoint` list (or
             the recorder) with learning rates ``η_k``.
         batch_size: samples per gradient / Hessian call. block_rows: train rows per block.
-        gradient_method, chunk_size: passed to :class:`~gradsift.gradients.GradientComputer`.
+        gradient_method, chunk_size: passed to :class:`~gradsift.grads.computer.GradientComputer`.
         collate_fn: turns a list of data-set items into a batch.
         **solver_kwargs: passed to the default solver (e.g. ``steps=2000`` for LiSSA).
     """

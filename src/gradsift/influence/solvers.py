@@ -7,7 +7,7 @@ Stable interface (FastIF and :mod:`gradsift.influence.scores` build on it)::
     solver.diagnostics       # SolverDiagnostics of the last solve()
 
 - ``D`` is the number of tracked scalars, rows in the layout of
-  :class:`~gradsift.gradients.GradientComputer` (``solver.layout``, ``solver.dim``).
+  :class:`~gradsift.grads.computer.GradientComputer` (``solver.layout``, ``solver.dim``).
 - ``H = (1/n) Σ_i ∇²ℓ_i + weight_decay·I`` over the training data given to :meth:`fit`
   (see :mod:`gradsift.influence.hessian`); ``λ = damping`` (for LiSSA the *effective*
   damping ``d·s``). ``solve`` returns a tensor with ``V``'s dtype and device; it computes
@@ -45,8 +45,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
+from gradsift.config import DEFAULT_DAMPING
 from gradsift.errors import GradsiftError
-from gradsift.gradients import Block, GradientComputer
+from gradsift.grads.computer import GradientComputer
+from gradsift.grads.layout import Block
 from gradsift.influence.hessian import BatchSource, HessianOperator
 from gradsift.progress import track
 from gradsift.task import Task
@@ -110,7 +112,7 @@ class InverseHVP(ABC):
 
     name: ClassVar[str] = "inverse-hvp"
 
-    def __init__(self, damping: float = 1e-3, block_diagonal: bool = False) -> None:
+    def __init__(self, damping: float = DEFAULT_DAMPING, block_diagonal: bool = False) -> None:
         if not (damping >= 0 and math.isfinite(damping)):
             raise GradsiftError(f"damping must be a finite number >= 0, got {damping}")
         self.damping = float(damping)
@@ -288,7 +290,7 @@ class ExactSolver(InverseHVP):
     name = "exact"
 
     def __init__(
-        self, damping: float = 1e-3, max_dim: int = 5000, block_diagonal: bool = False
+        self, damping: float = DEFAULT_DAMPING, max_dim: int = 5000, block_diagonal: bool = False
     ) -> None:
         super().__init__(damping, block_diagonal)
         self.max_dim = int(max_dim)
@@ -360,7 +362,7 @@ class CGSolver(InverseHVP):
 
     def __init__(
         self,
-        damping: float = 1e-3,
+        damping: float = DEFAULT_DAMPING,
         tol: float = 1e-6,
         max_iter: int = 1000,
         block_diagonal: bool = False,
@@ -459,7 +461,7 @@ class LiSSASolver(InverseHVP):
 
     def __init__(
         self,
-        damping: float = 1e-3,
+        damping: float = DEFAULT_DAMPING,
         scale: float | None = None,
         scale_factor: float = 1.5,
         steps: int = 1000,

@@ -2,7 +2,7 @@
 
 A :class:`GalleryItem` is one card of a gallery (see :meth:`Report.add_gallery`): the
 rendered sample plus a few labelled fields (given label, predicted label, score, ...).
-:func:`sample_items` builds the cards for chosen rows of a :class:`~gradsift.datasets.Split`.
+:func:`sample_items` builds the cards for chosen rows of a :class:`~gradsift.experiments.datasets.Split`.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class SampleView:
 
     @classmethod
     def from_split(cls, data: Any, split: str = "train") -> SampleView:
-        """From a :class:`~gradsift.datasets.LabeledData` (``X_raw`` when available)."""
+        """From a :class:`~gradsift.experiments.datasets.LabeledData` (``X_raw`` when available)."""
         part = getattr(data, split)
         return cls(
             X=part.X_raw if part.X_raw is not None else part.X,

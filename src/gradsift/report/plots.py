@@ -185,7 +185,7 @@ def trimming_curves(
     validation for each ranking is marked with a star.
 
     Args:
-        curve: :attr:`gradsift.trim.TrimResult.curve` (columns ``method, kind, budget,
+        curve: :attr:`gradsift.experiments.trimming.TrimResult.curve` (columns ``method, kind, budget,
             val_mean, val_std, test_mean, test_std``).
         chosen: ``{method: budget}`` chosen on validation.
         n_seeds: shown in the titles.
@@ -270,8 +270,8 @@ def trimming_bars(summary: pd.DataFrame, runs: pd.DataFrame) -> Figure:
     the flipped samples), each with a ±1 std band.
 
     Args:
-        summary: :attr:`gradsift.trim.TrimResult.summary`.
-        runs: :attr:`gradsift.trim.TrimResult.runs`.
+        summary: :attr:`gradsift.experiments.trimming.TrimResult.summary`.
+        runs: :attr:`gradsift.experiments.trimming.TrimResult.runs`.
     """
     if summary.empty:
         raise ValueError("summary is empty")

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from gradsift.metrics import detection_metrics
+from gradsift.detect.metrics import detection_metrics
+from gradsift.detect.result import DetectionResult
 from gradsift.report.gallery import SampleView, sample_items
 from gradsift.report.html import Report, Section
 from gradsift.report.plots import roc_pr_curves, score_distribution, trimming_bars, trimming_curves
-from gradsift.result import DetectionResult
 
 if TYPE_CHECKING:
-    from gradsift.trim import TrimPipelineResult, TrimResult
+    from gradsift.experiments.trimming import TrimPipelineResult, TrimResult
 
 __all__ = [
     "detection_section",
@@ -350,7 +350,7 @@ def run_info(items: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def trim_report(run: TrimPipelineResult, title: str | None = None) -> Report:
-    """The full report of :func:`gradsift.trim.trim_dataset`: overview, trimming, detection."""
+    """The full report of :func:`gradsift.experiments.trimming.trim_dataset`: overview, trimming, detection."""
     data, result = run.data, run.trim
     n, m = len(data.train), int(data.train.flipped.size)
     report = Report(
@@ -403,7 +403,7 @@ _METRIC_NAMES = {
 
 
 def demo_report(result: Any) -> Report:
-    """Report of ``gradsift demo`` (a :class:`gradsift.demo.DemoResult`).
+    """Report of ``gradsift demo`` (a :class:`gradsift.experiments.demo.DemoResult`).
 
     Shows the detection at the first checkpoint mode (``best`` by default) with ROC / PR
     curves, score distribution and the flagged-sample gallery, plus every (checkpoint mode,
@@ -501,7 +501,7 @@ def samples_from_file(
     """
     from pathlib import Path
 
-    from gradsift.tabular import read_table
+    from gradsift.experiments.tabular import read_table
 
     table = read_table(path, label_column, x_key, y_key)
     if Path(path).suffix == ".npz":

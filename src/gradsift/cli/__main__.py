@@ -1,0 +1,5 @@
+"""``python -m gradsift.cli`` runs the command-line app."""
+
+from gradsift.cli import app
+
+app()

@@ -1,0 +1,15 @@
+"""Defaults shared across gradsift, each stated once.
+
+Every knob of a component lives in that component's typed dataclass (``ProjectionConfig``,
+``ExtractConfig``, ``OGAConfig``, ``FastIFConfig``, ``IndexConfig``, ``TrainConfig``,
+``TrimConfig``); a default that several of them share is defined here and imported, never
+repeated as a literal.
+"""
+
+from __future__ import annotations
+
+#: λ in ``(H + λI)⁻¹``: the damping every inverse-Hessian solver adds by default.
+DEFAULT_DAMPING: float = 1e-3
+
+#: The detectors OGA runs when none are named (``gradsift detect``, ``OGAConfig``).
+DEFAULT_DETECTORS: tuple[str, ...] = ("l1", "l2", "iforest", "ecod", "knn", "lof", "loss", "random")

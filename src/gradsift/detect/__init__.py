@@ -1,0 +1,47 @@
+"""Outlier detectors in per-sample gradient space (higher score = more suspicious).
+
+Registered names: ``l1``, ``l2``, ``loss``, ``random``, ``iforest``, ``ecod``, ``knn``,
+``lof``; any other pyod model as ``"pyod:<model>"`` (e.g. ``"pyod:copod"``)::
+
+    from gradsift.detect import get_detector
+    scores = get_detector("iforest", seed=0).fit_score(G)   # float64 [n]
+
+Checkpoint ensembles (TracIn-style learning-rate weighting): :func:`ensemble_scores`.
+"""
+
+from . import self_influence  # noqa: F401, E402  (registers the self-influence detectors)
+from .base import Detector, NotFittedError, check_gradients, check_losses
+from .ensemble import ensemble_scores
+from .fitted import (
+    ECODDetector,
+    IsolationForestDetector,
+    KNNDetector,
+    LOFDetector,
+    ProjectedDetector,
+    PyODDetector,
+    resolve_pyod_model,
+)
+from .norms import L1Norm, L2Norm, LossDetector, RandomDetector
+from .registry import available_detectors, get_detector, register
+
+__all__ = [
+    "Detector",
+    "ECODDetector",
+    "IsolationForestDetector",
+    "KNNDetector",
+    "L1Norm",
+    "L2Norm",
+    "LOFDetector",
+    "LossDetector",
+    "NotFittedError",
+    "ProjectedDetector",
+    "PyODDetector",
+    "RandomDetector",
+    "available_detectors",
+    "check_gradients",
+    "check_losses",
+    "ensemble_scores",
+    "get_detector",
+    "register",
+    "resolve_pyod_model",
+]

@@ -1,0 +1,1 @@
+"""torch.distributed: the process group, sharded extraction, sharded scoring."""

@@ -1,0 +1,1 @@
+"""Research experiments: data sets, noise, model zoo, training, trimming, demo, tabular, correction."""

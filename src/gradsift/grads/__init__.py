@@ -1,0 +1,1 @@
+"""Per-sample gradients: layout, computers (closed form, hooks, vmap, loop), projection, extraction."""

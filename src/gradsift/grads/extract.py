@@ -1,0 +1,157 @@
+"""Per-sample gradients of a whole data set, into a resumable :class:`GradientStore`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset, default_collate
+
+from gradsift.errors import GradsiftError
+from gradsift.grads.computer import GradientComputer, Method
+from gradsift.grads.projection import ProjectionConfig, Projector
+from gradsift.progress import track
+from gradsift.store.gradient_store import GradientStore, StoreSettings, model_fingerprint
+from gradsift.task import Task
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """How gradients are computed and stored (all recorded in the store's manifest)."""
+
+    projection: ProjectionConfig | None = None
+    rows_per_shard: int = 4096
+    batch_size: int = 256
+    method: Method = "auto"
+    chunk_size: int = 64
+    dtype: str = "float32"
+    measurement: bool = False
+
+
+def as_dataset(data: Dataset | Sequence[Any] | tuple[Any, ...]) -> Dataset:
+    """A torch ``Dataset`` from a Dataset, or from a tuple of equally long arrays/tensors."""
+    if isinstance(data, Dataset):
+        return data
+    tensors = [
+        torch.as_tensor(np.asarray(a)) if not isinstance(a, torch.Tensor) else a for a in data
+    ]
+    if any(len(t) != len(tensors[0]) for t in tensors):
+        raise GradsiftError(f"arrays differ in length: {[len(t) for t in tensors]}")
+    return TensorDataset(*tensors)
+
+
+class Extractor:
+    """Per-sample gradients (projected if configured) of ``model`` under ``task``.
+
+    ``compute(batch) -> (rows [B, out_dim] float32 numpy, losses [B] float64 numpy)``.
+    """
+
+    def __init__(
+        self, model: nn.Module, task: Task, config: ExtractConfig = ExtractConfig()
+    ) -> None:
+        self.model, self.task, self.config = model, task, config
+        self.computer = GradientComputer(
+            model, task, config.method, config.chunk_size, config.measurement
+        )
+        self.projector = (
+            Projector(self.computer.layout, config.projection) if config.projection else None
+        )
+        self.dim = self.projector.out_dim if self.projector else self.computer.dim
+
+    def compute(self, batch: Any, first_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        G, losses = self.computer.compute(batch, first_index)
+        if self.projector is not None:
+            G = self.projector.project(G)
+        return G.detach().cpu().numpy(), losses.detach().cpu().double().numpy()
+
+    def settings(self, n_rows: int, extra: dict[str, Any] | None = None) -> StoreSettings:
+        return StoreSettings(
+            fingerprint=model_fingerprint(self.model),
+            tracked=[{"name": b.name, "shape": list(b.shape)} for b in self.computer.layout],
+            dim=self.dim,
+            n_rows=n_rows,
+            rows_per_shard=self.config.rows_per_shard,
+            dtype=self.config.dtype,
+            projection=self.config.projection.to_dict() if self.config.projection else None,
+            extra={
+                "task": type(self.task).__qualname__,
+                "measurement": self.config.measurement,
+                **(extra or {}),
+            },
+        )
+
+
+def extract(
+    model: nn.Module,
+    task: Task,
+    data: Dataset | tuple[Any, ...],
+    path: str | Path,
+    config: ExtractConfig = ExtractConfig(),
+    *,
+    overwrite: bool = False,
+    collate_fn: Callable[[list[Any]], Any] = default_collate,
+    shards: Iterable[int] | None = None,
+    extra: dict[str, Any] | None = None,
+    finalize: bool = True,
+    on_shard: Callable[[int], None] | None = None,
+) -> GradientStore:
+    """Write per-sample gradients of every row of ``data`` to a store at ``path``.
+
+    Resumable: shards already complete are skipped, so re-running the same call after a
+    crash continues where it stopped and gives bit-identical files. ``shards`` restricts
+    the work to some shard indices (the distributed driver gives each rank its own).
+    Row *i* of the store is ``data[i]``.
+    """
+    dataset = as_dataset(data)
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
+        raise GradsiftError("the data set is empty: nothing to extract")
+    extractor = Extractor(model, task, config)
+    store = GradientStore.create(path, extractor.settings(n, extra), overwrite=overwrite)
+    store.check()
+    todo = [
+        s for s in (range(store.n_shards) if shards is None else shards) if not store.shard_done(s)
+    ]
+    for shard in track(todo, f"gradients → {Path(path).name}", total=len(todo)):
+        start, stop = store.shard_range(shard)
+        rows, losses = [], []
+        for b in range(start, stop, config.batch_size):
+            batch = collate_fn([dataset[i] for i in range(b, min(b + config.batch_size, stop))])
+            g, loss = extractor.compute(batch, first_index=b)
+            rows.append(g)
+            losses.append(loss)
+        store.write_shard(shard, np.concatenate(rows), np.concatenate(losses))
+        if on_shard is not None:
+            on_shard(shard)
+    if finalize and not store.missing_shards():
+        store.finalize()
+    return store
+
+
+def compute_gradients(
+    model: nn.Module,
+    task: Task,
+    data: Dataset | tuple[Any, ...],
+    config: ExtractConfig = ExtractConfig(),
+    collate_fn: Callable[[list[Any]], Any] = default_collate,
+    description: str = "per-sample gradients",
+) -> tuple[np.ndarray, np.ndarray]:
+    """In-memory variant of :func:`extract` for data that fits: ``(G [n, D] float32, losses [n])``."""
+    dataset = as_dataset(data)
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
+        raise GradsiftError("the data set is empty: nothing to extract")
+    extractor = Extractor(model, task, config)
+    rows, losses = [], []
+    starts = range(0, n, config.batch_size)
+    for b in track(starts, description, total=len(starts)):
+        batch = collate_fn([dataset[i] for i in range(b, min(b + config.batch_size, n))])
+        g, loss = extractor.compute(batch, first_index=b)
+        rows.append(g.astype(config.dtype, copy=False))
+        losses.append(loss)
+    return np.concatenate(rows), np.concatenate(losses)

@@ -1,0 +1,1 @@
+"""The on-disk gradient store and the block kernels every scoring path uses."""
