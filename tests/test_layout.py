@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PKG = Path(__file__).resolve().parents[1] / "src" / "gradsift"
 
 
@@ -127,3 +129,16 @@ def test_every_module_imports_on_its_own():
         [sys.executable, "-c", _IMPORT_EACH, *modules], capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_public_names_resolve_from_the_package():
+    """Every name in ``gradsift.__all__`` resolves, and to the object its module defines."""
+    import importlib
+
+    import gradsift
+
+    for name in gradsift.__all__:
+        module = importlib.import_module(gradsift._EXPORTS[name])
+        assert getattr(gradsift, name) is getattr(module, name), name
+    with pytest.raises(AttributeError):
+        gradsift.no_such_name  # noqa: B018
