@@ -11,10 +11,11 @@ import torch
 
 from gradsift.errors import GradsiftError
 from gradsift.experiments.datasets import load_digits
+from gradsift.experiments.explain_run import run_explain
 from gradsift.experiments.models import mlp
 from gradsift.experiments.training import TrainConfig, train_classifier
 from gradsift.influence import ExactSolver
-from gradsift.influence.explain import add_explanations, explain, heatmap_figure, run_explain
+from gradsift.influence.explain import add_explanations, explain, heatmap_figure
 from gradsift.influence.fastif import FastIFConfig
 from gradsift.influence.scores import InfluenceScorer
 from gradsift.report.html import Report

@@ -1,18 +1,34 @@
-"""Influence functions: Hessian-free scores and inverse-Hessian–vector-product solvers.
+"""Influence functions: curvature operators, inverse-HVP solvers, scores, FastIF, explanations.
 
-- :mod:`.hessian`: :class:`HessianOperator` (``H = (1/n) Σ ∇²ℓ_i + weight_decay·I`` over the
-  tracked parameters, products via ``torch.func``; power iteration; block-diagonal mode).
-- :mod:`.solvers`: :class:`InverseHVP` operators ``solve(V [m, D]) → (H + λI)⁻¹ V`` —
-  identity, exact, CG, LiSSA, DataInf.
+- :mod:`.curvature`: the :class:`CurvatureOperator` interface (``C = (1/n) Σ C_i +
+  weight_decay·I`` over the tracked parameters; products on ``[m, D]`` rows, ``dense``,
+  ``top_eigenvalue``, block-diagonal restriction) and :class:`CurvatureBase`, which
+  implements it from per-part products.
+- :mod:`.hessian`: :class:`HessianOperator` (the training-loss Hessian, products via
+  ``torch.func``); :mod:`.fisher`: :class:`GradientFisherOperator` (the empirical Fisher
+  of stored gradients).
+- :mod:`.solvers`: :class:`InverseHVP` operators ``solve(V [m, D]) → (C + λI)⁻¹ V`` on any
+  curvature operator — identity, exact, CG, LiSSA, DataInf.
 - :mod:`.scores`: :class:`InfluenceScorer` — pairwise scores, streamed top-k (helpful and
   harmful) and self-influence for ``dot``, ``cosine``, ``tracin``, ``if-exact``, ``if-cg``,
   ``if-lissa``, ``datainf``. Positive = helpful.
+- :mod:`.fastif`: :class:`FastIF` (influence on nearest-neighbour candidates);
+  :mod:`.neighbors`: the nearest-neighbour indexes; :mod:`.explain`:
+  :func:`~gradsift.influence.explain.explain` (top helpful / harmful training samples and
+  the train × test heatmap).
 
-Importing this package also registers the self-influence detectors
-(:mod:`gradsift.detect.self_influence`: ``self-dot``, ``self-datainf``, ``self-if-exact``,
-``self-if-cg``, ``self-if-lissa``, ``self-tracin``).
+FastIF, the index and explanation names load on first use (they import faiss and pandas).
+The self-influence detectors built on these solvers live in
+:mod:`gradsift.detect.self_influence`.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from gradsift.influence.curvature import CurvatureBase, CurvatureOperator
+from gradsift.influence.fisher import GradientFisherOperator
 from gradsift.influence.hessian import BatchSource, HessianOperator
 from gradsift.influence.scores import METHODS, InfluenceMethod, InfluenceScorer, TopKInfluence
 from gradsift.influence.solvers import (
@@ -28,14 +44,33 @@ from gradsift.influence.solvers import (
     make_solver,
 )
 
+#: Names loaded on first access, and their modules.
+_LAZY: dict[str, str] = {
+    "FastIF": "gradsift.influence.fastif",
+    "FastIFConfig": "gradsift.influence.fastif",
+    "FastIFResult": "gradsift.influence.fastif",
+    "FastIFComparison": "gradsift.influence.fastif",
+    "compare_with_full": "gradsift.influence.fastif",
+    "full_influence": "gradsift.influence.fastif",
+    "IndexConfig": "gradsift.influence.neighbors",
+    "NeighborIndex": "gradsift.influence.neighbors",
+    "build_index": "gradsift.influence.neighbors",
+    "recall_at_k": "gradsift.influence.neighbors",
+    "Explanations": "gradsift.influence.explain",
+    "add_explanations": "gradsift.influence.explain",
+}
+
 __all__ = [
     "METHODS",
     "SOLVERS",
     "BatchSource",
     "CGSolver",
     "ConvergenceWarning",
+    "CurvatureBase",
+    "CurvatureOperator",
     "DataInfSolver",
     "ExactSolver",
+    "GradientFisherOperator",
     "HessianOperator",
     "IdentitySolver",
     "InfluenceMethod",
@@ -45,4 +80,32 @@ __all__ = [
     "SolverDiagnostics",
     "TopKInfluence",
     "make_solver",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gradsift.influence' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names resolve lazily
+    from gradsift.influence.explain import Explanations, add_explanations  # noqa: F401
+    from gradsift.influence.fastif import (  # noqa: F401
+        FastIF,
+        FastIFComparison,
+        FastIFConfig,
+        FastIFResult,
+        compare_with_full,
+        full_influence,
+    )
+    from gradsift.influence.neighbors import (  # noqa: F401
+        IndexConfig,
+        NeighborIndex,
+        build_index,
+        recall_at_k,
+    )

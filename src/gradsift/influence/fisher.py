@@ -8,28 +8,28 @@ LoRA matrix by the empirical Fisher of the training gradients,
     ``F = (1/n) Σ_i g_i g_iᵀ  (+ weight_decay · I)``,  block-diagonal over the tracked blocks,
 
 which is also what DataInf's closed form approximates. :class:`GradientFisherOperator`
-offers the operator interface of ``HessianOperator`` that the iterative solvers use
-(``matvec``, ``batch_matvec``, ``sample_batch``, ``top_eigenvalue``, ``layout``,
-``dtype``, ``device``), so :class:`gradsift.influence.solvers.LiSSASolver` and
-``CGSolver`` run on it through ``fit_operator`` with no model passes at all: a product
-costs ``O(n·D)`` per vector.
+implements :class:`~gradsift.influence.curvature.CurvatureOperator`, like
+``HessianOperator``, so every solver (:class:`~gradsift.influence.solvers.LiSSASolver`,
+``CGSolver``, ``ExactSolver``) runs on it through ``fit_operator`` with no model passes at
+all: a product costs ``O(n·D)`` per vector.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from gradsift.errors import GradsiftError
 from gradsift.grads.layout import Block
-from gradsift.influence.hessian import power_iteration
+from gradsift.influence.curvature import CurvatureBase
 
 __all__ = ["GradientFisherOperator"]
 
 
-class GradientFisherOperator:
+class GradientFisherOperator(CurvatureBase):
     """Products with ``F = (1/n) Σ_i g_i g_iᵀ + weight_decay·I`` from gradients ``G [n, D]``.
 
     Args:
@@ -41,7 +41,11 @@ class GradientFisherOperator:
         device, dtype: where and in which precision products are computed (default: those
             of ``G`` when a tensor, else CPU float32).
         row_chunk: rows per step of the streamed full-data product.
+
+    ``sample_batch`` returns row indices; ``batch_matvec(V, indices)`` is the mean over them.
     """
+
+    name = "empirical Fisher"
 
     def __init__(
         self,
@@ -69,53 +73,25 @@ class GradientFisherOperator:
         self.weight_decay = float(weight_decay)
         self.row_chunk = int(row_chunk)
 
-    # ------------------------------------------------------------------ products
-    def _sum_outer(self, rows: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-        """``Σ_{i∈rows} g_i g_iᵀ V`` (block-diagonal part if configured)."""
-        if not self.block_diagonal:
-            return (V @ rows.T) @ rows
-        out = torch.empty_like(V)
-        for b in self.layout:
-            Gb = rows[:, b.offset : b.stop]
-            out[:, b.offset : b.stop] = (V[:, b.offset : b.stop] @ Gb.T) @ Gb
-        return out
+    # ------------------------------------------------------------------ CurvatureBase hooks
+    def _full_parts(self) -> Iterator[torch.Tensor]:
+        return (
+            self.G[start : start + self.row_chunk] for start in range(0, self.n, self.row_chunk)
+        )
 
-    def _check(self, V: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        V = torch.as_tensor(V)
-        squeeze = V.dim() == 1
-        V = V.reshape(1, -1) if squeeze else V
-        if V.dim() != 2 or V.shape[1] != self.dim:
-            raise GradsiftError(f"vectors must be [m, {self.dim}], got {tuple(V.shape)}")
-        return V.to(self.device, self.dtype), squeeze
+    def _sum_products(self, part: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        """``Σ_{i ∈ rows} g_i g_iᵀ V`` for the gradient rows ``part [r, D]``."""
+        return (V @ part.T) @ part
 
-    def matvec(self, V: torch.Tensor) -> torch.Tensor:
-        """``F V`` over all rows: ``V [m, D]`` (or ``[D]``) → same shape."""
-        V, squeeze = self._check(V)
-        out = torch.zeros_like(V)
-        for start in range(0, self.n, self.row_chunk):
-            out += self._sum_outer(self.G[start : start + self.row_chunk], V)
-        out = out / self.n + self.weight_decay * V
-        return out[0] if squeeze else out
+    def _sum_block_products(
+        self, part: torch.Tensor, V: torch.Tensor, block: Block
+    ) -> torch.Tensor:
+        Gb = part[:, block.offset : block.stop]
+        return (V[:, block.offset : block.stop] @ Gb.T) @ Gb
 
-    def batch_matvec(self, V: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-        """``F_b V`` with ``F_b`` the mean over the rows ``batch`` (int indices)."""
-        V, squeeze = self._check(V)
-        rows = self.G[torch.as_tensor(batch, device=self.device)]
-        out = self._sum_outer(rows, V) / rows.shape[0] + self.weight_decay * V
-        return out[0] if squeeze else out
+    def _part_size(self, part: torch.Tensor) -> int:
+        return int(part.shape[0])
 
-    def sample_batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """``min(batch_size, n)`` distinct row indices drawn with ``generator``."""
-        return torch.randperm(self.n, generator=generator)[: min(batch_size, self.n)]
-
-    def top_eigenvalue(
-        self, iters: int = 100, tol: float = 1e-3, seed: int = 0
-    ) -> tuple[float, int]:
-        """Largest eigenvalue of ``F`` by power iteration: ``(λ_max, iterations)``."""
-        return power_iteration(self.matvec, self.dim, self.dtype, self.device, iters, tol, seed)
-
-    def dense(self) -> torch.Tensor:
-        """The explicit ``F [D, D]`` (small ``D`` only; for tests)."""
-        if self.dim > 8192:
-            raise GradsiftError(f"dense() is for small D; this operator has D = {self.dim}")
-        return self.matvec(torch.eye(self.dim, dtype=self.dtype, device=self.device))
+    def _batch_part(self, batch: Any) -> torch.Tensor:
+        """Row indices (from :meth:`sample_batch`) → the gradient rows ``[b, D]``."""
+        return self.G[torch.as_tensor(batch, device=self.device)]

@@ -15,7 +15,10 @@ vectors batched (``mode="autograd"``, the fastest in eager mode: 1.1 ms per call
 with 64 samples and 5 vectors on one CPU thread), or by
 ``torch.func.jvp`` of ``torch.func.grad`` (``"forward"``) or ``vjp`` of ``grad``
 (``"reverse"``). No Hessian is ever formed except by :meth:`HessianOperator.dense`, which
-the exact solver calls on small problems.
+the exact solver calls on small problems. The operator implements
+:class:`~gradsift.influence.curvature.CurvatureOperator` (through
+:class:`~gradsift.influence.curvature.CurvatureBase`, which holds the mean over the data,
+the weight decay, the block restriction, ``dense`` and power iteration).
 
 With ``block_diagonal=True`` the operator is the block-diagonal part of ``H`` (one block
 per tracked parameter tensor), ``Σ_b P_b H P_b``: cross-block curvature is dropped, as in
@@ -30,7 +33,7 @@ cast to the parameters' dtype.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -49,7 +52,7 @@ from gradsift.grads.layout import (
     check_eval_mode,
     layout_of,
 )
-from gradsift.progress import track
+from gradsift.influence.curvature import CurvatureBase
 from gradsift.task import Task
 
 __all__ = ["BatchSource", "HessianOperator", "flatten_params", "unflatten_vectors"]
@@ -137,7 +140,7 @@ def unflatten_vectors(V: torch.Tensor, layout: Sequence[Block]) -> dict[str, tor
 # --------------------------------------------------------------------------- the operator
 
 
-class HessianOperator:
+class HessianOperator(CurvatureBase):
     """Products with the mean training-loss Hessian over the tracked parameters.
 
     Args:
@@ -162,7 +165,13 @@ class HessianOperator:
         dim: ``D``, the number of tracked scalars.
         n: number of training samples.
         dtype, device: of the tracked parameters; vectors are computed in this dtype.
+
+    Products (:class:`~gradsift.influence.curvature.CurvatureOperator`): ``matvec(V)``
+    over all data, ``batch_matvec(V, batch)`` over a ``sample_batch(...)``, ``dense()``,
+    ``top_eigenvalue()``.
     """
+
+    name = "Hessian"
 
     def __init__(
         self,
@@ -198,85 +207,25 @@ class HessianOperator:
         self.vector_chunk = int(vector_chunk)
         self.mode: HVPMode = mode
 
-    # ------------------------------------------------------------------ products
-    def matvec(self, V: torch.Tensor) -> torch.Tensor:
-        """``H V``: rows of ``V [m, D]`` (or one vector ``[D]``) times the full-data ``H``."""
-        V, squeeze = self._check(V)
-        out = torch.zeros_like(V)
-        for _, batch in self.data.batches(self.batch_size):
-            out += self._sum_hvp(batch, V)
-        out = out / self.n + self.weight_decay * V
-        return out[0] if squeeze else out
+    # ------------------------------------------------------------------ CurvatureBase hooks
+    def _full_parts(self) -> Iterable[Any]:
+        return (batch for _, batch in self.data.batches(self.batch_size))
 
-    def batch_matvec(self, V: torch.Tensor, batch: Any) -> torch.Tensor:
-        """``H_b V`` with ``H_b`` the mean Hessian over ``batch`` (plus weight decay)."""
-        V, squeeze = self._check(V)
-        out = self._sum_hvp(batch, V) / batch_size_of(batch) + self.weight_decay * V
-        return out[0] if squeeze else out
-
-    def sample_batch(self, batch_size: int, generator: torch.Generator) -> Any:
-        """A mini-batch of ``min(batch_size, n)`` distinct training rows drawn with ``generator``."""
-        idx = torch.randperm(self.n, generator=generator)[: min(batch_size, self.n)]
-        return self.data.take(idx)
-
-    def dense(self, block: int | None = None) -> torch.Tensor:
-        """The explicit Hessian ``[D, D]`` (or block ``block``'s ``[d_b, d_b]``), symmetrised.
-
-        Costs ``D`` Hessian–vector products over the data: for small ``D`` only.
-        """
-        blocks = self.layout if block is None else [self.layout[block]]
-        lo, hi = blocks[0].offset, blocks[-1].stop
-        cols = []
-        eye_rows = range(lo, hi, self.vector_chunk)
-        for start in track(eye_rows, "explicit Hessian", total=len(eye_rows)):
-            stop = min(start + self.vector_chunk, hi)
-            E = torch.zeros(stop - start, self.dim, dtype=self.dtype, device=self.device)
-            E[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
-            cols.append(self.matvec(E)[:, lo:hi])
-        H = torch.cat(cols)
-        return (H + H.T) / 2
-
-    def top_eigenvalue(
-        self, iters: int = 100, tol: float = 1e-3, seed: int = 0
-    ) -> tuple[float, int]:
-        """Largest-magnitude eigenvalue of ``H`` by power iteration: ``(λ, iterations)``.
-
-        Stops when the Rayleigh quotient changes by less than ``tol`` (relative). For a
-        positive semi-definite ``H`` (convex loss) this is ``λ_max``.
-        """
-        return power_iteration(self.matvec, self.dim, self.dtype, self.device, iters, tol, seed)
-
-    # ------------------------------------------------------------------ internals
-    def _check(self, V: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        if not isinstance(V, torch.Tensor):
-            V = torch.as_tensor(np.asarray(V))
-        squeeze = V.dim() == 1
-        V = V.reshape(1, -1) if squeeze else V
-        if V.dim() != 2 or V.shape[1] != self.dim:
-            raise GradsiftError(
-                f"vectors must have shape [m, {self.dim}] (the tracked parameters), got "
-                f"{tuple(V.shape)}"
-            )
-        return V.to(self.device, self.dtype), squeeze
-
-    def _sum_hvp(self, batch: Any, V: torch.Tensor) -> torch.Tensor:
-        """``Σ_{i ∈ batch} ∇²ℓ_i V`` (block-diagonal part if configured)."""
-        if not self.block_diagonal:
-            return self._chunked(batch, V)
-        out = torch.zeros_like(V)
-        for b in self.layout:
-            Vb = torch.zeros_like(V)
-            Vb[:, b.offset : b.stop] = V[:, b.offset : b.stop]
-            out[:, b.offset : b.stop] = self._chunked(batch, Vb)[:, b.offset : b.stop]
-        return out
-
-    def _chunked(self, batch: Any, V: torch.Tensor) -> torch.Tensor:
-        parts = [
-            self._hvp(batch, V[s : s + self.vector_chunk])
+    def _sum_products(self, part: Any, V: torch.Tensor) -> torch.Tensor:
+        """``Σ_{i ∈ batch} ∇²ℓ_i V``, ``vector_chunk`` vectors per call."""
+        chunks = [
+            self._hvp(part, V[s : s + self.vector_chunk])
             for s in range(0, V.shape[0], self.vector_chunk)
         ]
-        return torch.cat(parts)
+        return torch.cat(chunks)
 
+    def _part_size(self, part: Any) -> int:
+        return batch_size_of(part)
+
+    def _take(self, index: torch.Tensor) -> Any:
+        return self.data.take(index)
+
+    # ------------------------------------------------------------------ internals
     def _hvp(self, batch: Any, V: torch.Tensor) -> torch.Tensor:
         try:
             return self._hvp_mode(batch, V, self.mode)
@@ -342,35 +291,3 @@ class HessianOperator:
             ],
             dim=1,
         ).detach()
-
-
-def power_iteration(
-    matvec: Callable[[torch.Tensor], torch.Tensor],
-    dim: int,
-    dtype: torch.dtype,
-    device: torch.device | str,
-    iters: int = 100,
-    tol: float = 1e-3,
-    seed: int = 0,
-) -> tuple[float, int]:
-    """Largest-magnitude eigenvalue of a symmetric operator: ``(λ, iterations)``.
-
-    Starts from a seeded unit vector (drawn in float64 on the CPU, so the start does not
-    depend on the device) and stops when the Rayleigh quotient changes by less than ``tol``
-    (relative).
-    """
-    g = torch.Generator().manual_seed(seed)
-    v = torch.randn(dim, generator=g, dtype=torch.float64).to(dtype)
-    v = (v / v.norm()).to(device)
-    lam = 0.0
-    for it in range(1, iters + 1):
-        w = matvec(v)
-        new = float(v @ w)
-        norm = w.norm()
-        if norm == 0:
-            return 0.0, it
-        v = w / norm
-        if it > 1 and abs(new - lam) <= tol * abs(new):
-            return new, it
-        lam = new
-    return lam, iters
