@@ -91,7 +91,9 @@ def test_partial_and_corrupted_stores_are_refused(tmp_path):
     raw = bytearray((tmp_path / "u" / "grads-000000.npy").read_bytes())
     raw[-1] ^= 0xFF  # same size, one bit pattern changed: only the checksum sees it
     (tmp_path / "u" / "grads-000000.npy").write_bytes(bytes(raw))
-    GradientStore.open(tmp_path / "u")
+    GradientStore.open(tmp_path / "u", verify="header")  # sizes and headers still match
+    with pytest.raises(StoreError, match=r"corrupted shards \[0\].*sha256"):
+        GradientStore.open(tmp_path / "u")  # the default hashes every shard
     with pytest.raises(StoreError, match=r"corrupted shards \[0\]"):
         GradientStore.open(tmp_path / "u", verify=True)
     (tmp_path / "u" / "manifest.json").write_text("{not json")

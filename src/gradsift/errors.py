@@ -24,4 +24,5 @@ class GradientError(GradsiftError):
 
 
 class StoreError(GradsiftError):
-    """A gradient store is missing, partial, corrupted, or was made with other settings."""
+    """A gradient store is missing, partial, corrupted, written by another process right
+    now, or was made with other settings (the message says what to do)."""

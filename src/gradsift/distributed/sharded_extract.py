@@ -5,26 +5,29 @@ sharing its directory):
 
 1. Every rank builds the store settings from its model; ranks whose settings differ
    from rank 0's (another model fingerprint, projection, …) stop the job with a message.
-2. Rank 0 creates (or re-opens, or with ``overwrite`` replaces) the manifest, checks
-   the written shards, removes temporary files a crashed run left behind, and lists
-   the **missing** shards. The list is broadcast (this is also the barrier: no rank
-   writes before the manifest exists).
-3. Rank *r* of *W* writes ``missing[r::W]`` with :func:`gradsift.grads.extract.extract`
-   (``finalize=False``). Shard *i* always holds rows ``[i·S, (i+1)·S)`` and is written
-   atomically with its done marker last, so a shard is written by exactly one rank and
-   a crashed rank leaves no half shard.
+2. Rank 0 takes the store's writer lock for the whole job (another job or ``extract``
+   writing the same store stops this one at once, with a message naming it; the ranks
+   of one job never lock each other out), creates (or re-opens, or with ``overwrite``
+   replaces) the manifest, removes temporary files a crashed run left behind, verifies
+   the written shards (sizes, headers, sha256 unless ``verify="header"``), discards the
+   corrupted ones, and lists the **missing** shards. The list is broadcast (this is also
+   the barrier: no rank writes before the manifest exists).
+3. Rank *r* of *W* writes ``missing[r::W]`` with :func:`gradsift.grads.extract.write_shards`.
+   Shard *i* always holds rows ``[i·S, (i+1)·S)`` and is written atomically with its
+   done marker last, so a shard is written by exactly one rank and a crashed rank
+   leaves no half shard.
 4. All ranks report success or failure (a collective); rank 0 then marks the manifest
-   ``complete`` and everyone returns the finished store.
+   ``complete``, releases the lock, and everyone returns the finished store.
 
-Resuming after a crash of any rank is re-running the same command: finished shards are
-kept (never rewritten, never duplicated) and the missing ones are spread over the ranks
-of the new run, whatever its size. The result is bit-identical to a single-process
-extraction because each shard depends only on its own rows.
+Resuming after a crash of any rank is re-running the same command: finished shards that
+verify are kept (never rewritten, never duplicated), corrupted ones are recomputed, and
+the missing ones are spread over the ranks of the new run, whatever its size. The result
+is bit-identical to a single-process extraction because each shard depends only on its
+own rows.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,13 +41,19 @@ from torch.utils.data import Dataset, default_collate
 
 from gradsift.distributed import process_group as D
 from gradsift.errors import GradsiftError
-from gradsift.grads.extract import ExtractConfig, Extractor, as_dataset, extract
+from gradsift.grads.extract import (
+    ExtractConfig,
+    Extractor,
+    as_dataset,
+    prepare_resume,
+    write_shards,
+)
 from gradsift.store.gradient_store import GradientStore, StoreSettings
+from gradsift.store.lock import WriterLock
+from gradsift.store.verify import Verify
 from gradsift.task import Task
 
 __all__ = ["ShardedExtraction", "on_model_device", "sharded_extract"]
-
-_TMP = re.compile(r"\.tmp\d+$")
 
 
 @dataclass
@@ -54,7 +63,8 @@ class ShardedExtraction:
     Attributes:
         store: the finished store (``store.complete`` is True on every rank).
         written: shard indices this rank wrote in this run.
-        resumed: shards that were already complete when the run started (all ranks).
+        resumed: shards that were already complete, and verified, when the run started.
+        repaired: shards that were written but failed verification, so were recomputed.
         rank, world_size: this process's place in the job.
         seconds: wall time of this rank, from start to the finished store.
     """
@@ -65,6 +75,7 @@ class ShardedExtraction:
     rank: int
     world_size: int
     seconds: float
+    repaired: list[int]
 
 
 def sharded_extract(
@@ -78,6 +89,7 @@ def sharded_extract(
     collate_fn: Callable[[list[Any]], Any] = default_collate,
     extra: dict[str, Any] | None = None,
     on_shard: Callable[[int], None] | None = None,
+    verify: Verify = "full",
 ) -> ShardedExtraction:
     """Per-sample gradients of every row of ``data`` into the store at ``path``, split over
     the ranks of the current ``torch.distributed`` job (a plain process is a job of one).
@@ -87,11 +99,15 @@ def sharded_extract(
     open for the caller. Batches are moved to the model's device (put the model on
     ``cuda:LOCAL_RANK`` for GPUs). Row *i* of the store is ``data[i]``; rows are
     ``[dim]`` in ``config.dtype`` (float32 by default) and losses float64, exactly as
-    :func:`gradsift.grads.extract.extract` writes them.
+    :func:`gradsift.grads.extract.extract` writes them. ``verify`` says how the shards
+    of an earlier run are checked before they are resumed (see
+    :func:`gradsift.grads.extract.prepare_resume`).
 
     Raises:
         GradsiftError: on every rank, when any rank fails (settings differ between
-            ranks, the store holds another extraction, a sample is bad, ...).
+            ranks, the store holds another extraction, another process is writing it,
+            a sample is bad, ...). A single process gets the original
+            :class:`~gradsift.errors.StoreError`.
     """
     start = time.perf_counter()
     ctx = D.init_distributed()
@@ -100,31 +116,34 @@ def sharded_extract(
     if n == 0:
         raise GradsiftError("the data set is empty: nothing to extract")
     collate_fn = on_model_device(collate_fn, model)
-    settings = Extractor(model, task, config).settings(n, extra)
+    extractor = Extractor(model, task, config)
+    settings = extractor.settings(n, extra)
     _check_same_settings(settings)
-    missing, done = D.run_on_main(lambda: _prepare(Path(path), settings, overwrite))
-    mine = D.assign(missing)
-    error: BaseException | None = None
+    lock: list[WriterLock] = []  # rank 0's, held for the whole job
+    role = f"extraction job of {ctx.world_size} rank(s), lock held by rank 0"
+
+    def prepare() -> tuple[list[int], list[int]]:
+        lock.append(GradientStore.lock(path, role))
+        return _prepare(Path(path), settings, overwrite, verify)
+
     try:
-        extract(
-            model,
-            task,
-            dataset,
-            path,
-            config,
-            collate_fn=collate_fn,
-            shards=mine,
-            extra=extra,
-            finalize=False,
-            on_shard=on_shard,
-        )
-    except Exception as err:  # reported to every rank by agree()
-        error = err
-    D.agree(error)
-    D.run_on_main(lambda: GradientStore.create(path, settings).finalize())
-    store = GradientStore.open(path)
+        missing, repaired = D.run_on_main(prepare)
+        mine = D.assign(missing)
+        error: BaseException | None = None
+        try:
+            store = GradientStore.create(path, settings)
+            write_shards(store, extractor, dataset, mine, config.batch_size, collate_fn, on_shard)
+        except Exception as err:  # reported to every rank by agree()
+            error = err
+        D.agree(error)
+        D.run_on_main(lambda: GradientStore.create(path, settings).finalize())
+    finally:
+        for held in lock:
+            held.release()
+    store = GradientStore.open(path, verify="header")  # just verified and written
+    resumed = store.n_shards - len(missing)
     return ShardedExtraction(
-        store, mine, done, ctx.rank, ctx.world_size, time.perf_counter() - start
+        store, mine, resumed, ctx.rank, ctx.world_size, time.perf_counter() - start, repaired
     )
 
 
@@ -160,12 +179,11 @@ def _check_same_settings(settings: StoreSettings) -> None:
         )
 
 
-def _prepare(path: Path, settings: StoreSettings, overwrite: bool) -> tuple[list[int], int]:
-    """Rank 0: create/re-open the store, drop stale temporaries, list missing shards."""
+def _prepare(
+    path: Path, settings: StoreSettings, overwrite: bool, verify: Verify
+) -> tuple[list[int], list[int]]:
+    """Rank 0, holding the lock: create/re-open the store, drop stale temporaries and
+    corrupted shards; returns ``(missing shards, repaired shards)``."""
     store = GradientStore.create(path, settings, overwrite=overwrite)
-    store.check()
-    for leftover in path.iterdir():
-        if _TMP.search(leftover.name):
-            leftover.unlink(missing_ok=True)
-    missing = store.missing_shards()
-    return missing, store.n_shards - len(missing)
+    repaired = prepare_resume(store, verify)
+    return store.missing_shards(), repaired

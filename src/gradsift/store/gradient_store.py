@@ -7,11 +7,16 @@ Layout of a store directory::
     grads-000000.npy         rows [0, S) of the gradient matrix, [rows, dim]
     loss-000000.npy          the same rows' per-sample losses, [rows] float64
     shard-000000.done.json   written last: row count and sha256 of the gradient bytes
+                             (and of the loss bytes)
+    writer.lock              held (``flock``) by the one process writing (:mod:`.lock`)
 
 Shard *i* always holds rows ``[i·S, min((i+1)·S, n))``, so any process can write any
 shard without coordination (ranks of a distributed job take disjoint shard indices).
 Every file is written to a temporary name and renamed atomically, and the done marker
 comes last: a shard whose marker exists is complete; anything else is redone on resume.
+Opening a store verifies it (:mod:`.verify`): file sizes and ``.npy`` headers always,
+sha256 of every shard by default (``verify="header"`` skips the hashing, which reads the
+whole store at about 1 GB/s).
 Plain ``.npy`` was chosen over zarr because numpy memory-maps it with no extra
 dependency, the files are readable by any tool, and one file per shard makes the
 atomic-rename protocol trivial.
@@ -22,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -33,10 +39,13 @@ import torch
 from torch import nn
 
 from gradsift.errors import StoreError
+from gradsift.store.lock import LOCK, WriterLock
+from gradsift.store.verify import Verify, check_finite, is_full, shard_problem, short_json
 
 MANIFEST = "manifest.json"
 FORMAT = "gradsift-store/1"
 DTYPES = ("float16", "float32", "float64")
+_TMP = re.compile(r"\.tmp\d+$")
 
 
 @dataclass
@@ -105,24 +114,45 @@ class GradientStore:
                     k: (old.get(k), v) for k, v in settings.to_dict().items() if old.get(k) != v
                 }
                 lines = "; ".join(
-                    f"{k}: stored {_short(a)} vs now {_short(b)}" for k, (a, b) in diff.items()
+                    f"{k}: stored {short_json(a)} vs now {short_json(b)}"
+                    for k, (a, b) in diff.items()
                 )
                 raise StoreError(
                     f"the store at {path} was made with other settings ({lines}). "
                     "Use another path, or overwrite=True (--overwrite) to discard it."
                 )
-            shutil.rmtree(path)
-        elif path.exists() and any(path.iterdir()):
-            raise StoreError(
-                f"{path} exists, is not empty and holds no {MANIFEST}; refusing to write there"
-            )
+            for entry in path.iterdir():  # the lock file stays: a writer may hold it
+                if entry.name != LOCK:
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        else:
+            _refuse_foreign(path)
         path.mkdir(parents=True, exist_ok=True)
         _write_json(manifest, {"format": FORMAT, "settings": settings.to_dict(), "complete": False})
         return cls(path, settings)
 
+    @staticmethod
+    def lock(path: str | Path, role: str = "extraction") -> WriterLock:
+        """Take the writer lock of the store directory ``path`` (created if needed); hold
+        it while writing. Release it with ``.release()`` or use it as a context manager.
+
+        Raises:
+            StoreError: another process holds it (the message names it), or ``path`` is
+                a non-empty directory that is not a store.
+        """
+        path = Path(path)
+        if not (path / MANIFEST).exists():
+            _refuse_foreign(path)
+        return WriterLock(path, role).acquire()
+
     @classmethod
-    def open(cls, path: str | Path, verify: bool = False) -> GradientStore:
-        """Open a finished store for reading; ``verify`` re-hashes every shard."""
+    def open(cls, path: str | Path, verify: Verify = "full") -> GradientStore:
+        """Open a finished store for reading, after checking every shard's file sizes and
+        headers and, with ``verify="full"`` (the default), its sha256 (about 1 s per GB;
+        ``verify="header"`` skips the hashing for huge stores).
+
+        Raises:
+            StoreError: no store, a partial store, or a corrupted shard.
+        """
         path = Path(path)
         data = _read_manifest(path)
         store = cls(path, StoreSettings(**data["settings"]), complete=data.get("complete", False))
@@ -162,6 +192,9 @@ class GradientStore:
     def missing_shards(self) -> list[int]:
         return [i for i in range(self.n_shards) if not self.shard_done(i)]
 
+    def done_shards(self) -> list[int]:
+        return [i for i in range(self.n_shards) if self.shard_done(i)]
+
     # -- writing --------------------------------------------------------------------------
     def write_shard(self, shard: int, grads: np.ndarray, losses: np.ndarray) -> None:
         """Write shard ``shard`` atomically: grads ``[rows, dim]``, losses ``[rows]``."""
@@ -171,10 +204,27 @@ class GradientStore:
                 f"shard {shard} needs grads [{stop - start}, {self.dim}] and losses [{stop - start}], got {grads.shape} and {losses.shape}"
             )
         grads = np.ascontiguousarray(grads, dtype=self.settings.dtype)
+        losses = np.ascontiguousarray(losses, dtype=np.float64)
         _atomic_save(self._file("grads", shard), grads)
-        _atomic_save(self._file("loss", shard), np.asarray(losses, dtype=np.float64))
-        marker = {"rows": stop - start, "sha256": hashlib.sha256(grads.tobytes()).hexdigest()}
+        _atomic_save(self._file("loss", shard), losses)
+        marker = {
+            "rows": stop - start,
+            "sha256": hashlib.sha256(grads.tobytes()).hexdigest(),
+            "loss_sha256": hashlib.sha256(losses.tobytes()).hexdigest(),
+        }
         _write_json(self._file("shard", shard), marker)
+
+    def discard_shards(self, shards: list[int]) -> None:
+        """Forget written shards (marker first, then data) so an extraction redoes them."""
+        for shard in shards:
+            for kind in ("shard", "grads", "loss"):
+                self._file(kind, shard).unlink(missing_ok=True)
+
+    def remove_temporaries(self) -> None:
+        """Delete the temporary files a killed writer left (call it holding the lock)."""
+        for leftover in self.path.iterdir():
+            if _TMP.search(leftover.name):
+                leftover.unlink(missing_ok=True)
 
     def finalize(self) -> None:
         """Mark the store complete once every shard is written."""
@@ -193,60 +243,78 @@ class GradientStore:
             raise StoreError(f"shard {shard} of {self.path} is not written")
         return np.load(self._file("grads", shard), mmap_mode="r" if mmap else None)
 
+    def shard_blocks(
+        self, shard: int, block_rows: int | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(first_row, block [r, dim])`` over shard ``shard``, ``r <= block_rows``
+        (default: the whole shard), read lazily from the memory map. ``first_row`` is the
+        global row index of the block's first row.
+
+        Raises:
+            StoreError: a block holds NaN/Inf (naming the global rows).
+        """
+        block_rows = block_rows or self.settings.rows_per_shard
+        start, _ = self.shard_range(shard)
+        data = self.read_shard(shard)
+        for offset in range(0, len(data), block_rows):
+            block = np.asarray(data[offset : offset + block_rows])
+            check_finite(block, start + offset, f"the store at {self.path}")
+            yield start + offset, block
+
     def iter_blocks(self, block_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(first_row, block)`` over all rows, each block at most ``block_rows`` rows,
-        read lazily from the memory-mapped shards (bounded memory)."""
-        block_rows = block_rows or self.settings.rows_per_shard
+        read lazily from the memory-mapped shards (bounded memory); see :meth:`shard_blocks`."""
         for shard in range(self.n_shards):
-            start, _ = self.shard_range(shard)
-            data = self.read_shard(shard)
-            for offset in range(0, len(data), block_rows):
-                yield start + offset, np.asarray(data[offset : offset + block_rows])
+            yield from self.shard_blocks(shard, block_rows)
 
     def load(self) -> np.ndarray:
-        """The whole gradient matrix ``[n_rows, dim]`` in memory (small stores only)."""
-        return np.concatenate([self.read_shard(i, mmap=False) for i in range(self.n_shards)])
+        """The whole gradient matrix ``[n_rows, dim]`` in memory (small stores only).
+
+        Raises:
+            StoreError: a row holds NaN/Inf (naming the global rows).
+        """
+        matrix = np.concatenate([self.read_shard(i, mmap=False) for i in range(self.n_shards)])
+        check_finite(matrix, 0, f"the store at {self.path}")
+        return matrix
 
     def losses(self) -> np.ndarray:
         """Per-sample losses ``[n_rows]`` float64."""
         return np.concatenate([np.load(self._file("loss", i)) for i in range(self.n_shards)])
 
-    def check(self, verify: bool = False) -> None:
-        """Check every written shard's shape (and, with ``verify``, its sha256)."""
-        bad = []
-        for shard in range(self.n_shards):
-            if not self.shard_done(shard):
-                continue
+    def corrupted_shards(
+        self, verify: Verify = "full", shards: list[int] | None = None
+    ) -> dict[int, str]:
+        """``{shard: why}`` for every written shard (of ``shards``, default all) that fails
+        verification: sizes and headers always, sha256 too with ``verify="full"``."""
+        full = is_full(verify)
+        bad = {}
+        for shard in self.done_shards() if shards is None else shards:
             start, stop = self.shard_range(shard)
-            try:
-                grads = self.read_shard(shard)
-                ok = (
-                    grads.shape == (stop - start, self.dim)
-                    and str(grads.dtype) == self.settings.dtype
-                )
-                if ok and verify:
-                    marker = json.loads(self._file("shard", shard).read_text())
-                    ok = (
-                        hashlib.sha256(np.ascontiguousarray(grads).tobytes()).hexdigest()
-                        == marker["sha256"]
-                    )
-                ok = ok and np.load(self._file("loss", shard), mmap_mode="r").shape == (
-                    stop - start,
-                )
-            except (OSError, ValueError, KeyError, json.JSONDecodeError):
-                ok = False
-            if not ok:
-                bad.append(shard)
+            files = (self._file(kind, shard) for kind in ("grads", "loss", "shard"))
+            why = shard_problem(*files, stop - start, self.dim, self.settings.dtype, full)
+            if why is not None:
+                bad[shard] = why
+        return bad
+
+    def check(self, verify: Verify = "full") -> None:
+        """Raise :class:`StoreError` if a written shard fails :meth:`corrupted_shards`."""
+        bad = self.corrupted_shards(verify)
         if bad:
+            first = next(iter(bad))
             raise StoreError(
-                f"the store at {self.path} has corrupted shards {bad[:10]}. Delete their "
-                "shard-*.done.json markers and re-run the extraction to rewrite them."
+                f"the store at {self.path} has corrupted shards {sorted(bad)[:10]} "
+                f"(shard {first}: {bad[first]}). Re-run the same extraction: it verifies the "
+                "shards it resumes and recomputes the corrupted ones."
             )
 
 
-def _short(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def _refuse_foreign(path: Path) -> None:
+    """Refuse a non-empty directory that is not a store (it may hold the user's files)."""
+    if path.exists() and any(p.name != LOCK for p in path.iterdir()):
+        raise StoreError(
+            f"{path} exists, is not empty and holds no {MANIFEST}; refusing to write there. "
+            "Choose an empty or new directory."
+        )
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
