@@ -17,7 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 from gradsift.checkpoints import CheckpointRecorder
-from gradsift.detect import available_detectors, get_detector
+from gradsift.detect import DetectionContext, available_detectors, get_detector
 from gradsift.detect.metrics import detection_metrics
 from gradsift.errors import GradsiftError
 from gradsift.experiments.datasets import load_half_moons
@@ -263,11 +263,14 @@ def test_self_influence_detectors_equal_the_scorer(trained):
     np.testing.assert_allclose(
         get_detector("self-dot").fit_score(G), get_detector("l2").fit_score(G)
     )
-    kw = dict(model=model, task=task, train_data=train, damping=DAMPING)
-    det = get_detector("self-if-exact", **kw)
+    ctx = DetectionContext(G, model=model, task=task, data=train)
+    det = get_detector("self-if-exact", damping=DAMPING)
     ref = InfluenceScorer(model, task, "if-exact", damping=DAMPING).fit(train).self_influence(train)
-    np.testing.assert_allclose(det.fit_score(G), ref, rtol=1e-9)
+    np.testing.assert_allclose(det.fit_score(G, context=ctx), ref, rtol=1e-9)
     np.testing.assert_allclose(det.score(G[:5]), ref[:5], rtol=1e-9)
+    np.testing.assert_allclose(
+        get_detector("self-if-exact", damping=DAMPING).fit_score(context=ctx), ref, rtol=1e-9
+    )
     fitted = ExactSolver(damping=DAMPING).fit(model, task, train)
     np.testing.assert_allclose(
         get_detector("self-if-exact", solver=fitted).fit_score(G), ref, rtol=1e-9
@@ -275,22 +278,31 @@ def test_self_influence_detectors_equal_the_scorer(trained):
     layout = GradientComputer(model, task).layout
     ref_di = InfluenceScorer(model, task, "datainf").fit(train).self_influence(train)
     np.testing.assert_allclose(
-        get_detector("self-datainf", layout=layout).fit_score(G), ref_di, rtol=1e-9
+        get_detector("self-datainf").fit_score(G, context=DetectionContext(layout=layout)),
+        ref_di,
+        rtol=1e-9,
+    )
+    np.testing.assert_allclose(  # the layout of the context's model and task
+        get_detector("self-datainf").fit_score(context=ctx), ref_di, rtol=1e-9
     )
     ref_tr = InfluenceScorer(model, task, "tracin", checkpoints=trained["rec"]).self_influence(
         train
     )
-    det = get_detector(
-        "self-tracin", model=model, task=task, train_data=train, checkpoints=trained["rec"]
-    )
-    np.testing.assert_allclose(det.fit_score(G), ref_tr)
+    tracin_ctx = DetectionContext(G, model=model, task=task, data=train, checkpoints=trained["rec"])
+    np.testing.assert_allclose(get_detector("self-tracin").fit_score(context=tracin_ctx), ref_tr)
     for name in ("self-if-exact", "self-if-cg", "self-if-lissa", "self-tracin"):
         bare = get_detector(name)  # constructible bare, for settings(); fitting says why not
         assert bare.needs_model and bare.settings()["name"] == name
-        with pytest.raises(ValueError, match="needs .*model="):
+        with pytest.raises(ValueError, match="needs the model .*DetectionContext.*model="):
             bare.fit_score(G)
+        with pytest.raises(ValueError, match=r"DetectionContext\(data=\.\.\."):
+            get_detector(name).fit_score(G, context=DetectionContext(model=model, task=task))
+    with pytest.raises(ValueError, match=r"DetectionContext\(checkpoints="):
+        get_detector("self-tracin").fit_score(G, context=ctx)
+    with pytest.raises(TypeError, match="from the detection context"):
+        get_detector("self-if-cg", model=model, task=task, train_data=train)
     with pytest.raises(ValueError, match="unprojected gradients"):
-        get_detector("self-if-exact", **kw).fit_score(G[:, :10])
+        get_detector("self-if-exact", damping=DAMPING).fit_score(G[:, :10], context=ctx)
 
 
 def test_self_influence_in_the_oga_comparison_table():
@@ -312,12 +324,13 @@ def test_self_influence_in_the_oga_comparison_table():
     task = ClassificationTask("last_linear")
     train = (torch.from_numpy(data.train.X), torch.from_numpy(data.train.y))
     G, losses = GradientComputer(model, task).compute(train)
-    kw = dict(model=model, task=task, train_data=train, weight_decay=wd, damping=1e-3)
+    ctx = DetectionContext(
+        G.numpy(), losses.numpy(), model=model, task=task, data=train, weight_decay=wd
+    )
     dets = {n: get_detector(n) for n in ("l1", "l2", "iforest", "self-dot", "self-datainf")}
-    dets |= {n: get_detector(n, **kw) for n in ("self-if-exact", "self-if-cg")}
+    dets |= {n: get_detector(n, damping=1e-3) for n in ("self-if-exact", "self-if-cg")}
     table = {
-        n: detection_metrics(d.fit_score(G.numpy(), losses.numpy()), data.train.flipped)
-        for n, d in dets.items()
+        n: detection_metrics(d.fit_score(context=ctx), data.train.flipped) for n, d in dets.items()
     }
     assert table["self-if-exact"]["auroc"] == pytest.approx(table["self-if-cg"]["auroc"], abs=1e-6)
     for name in ("l2", "self-datainf", "self-if-exact"):

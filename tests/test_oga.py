@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from gradsift.checkpoints import CheckpointRecorder
+from gradsift.config import DEFAULT_DAMPING
+from gradsift.detect import DetectionContext, get_detector
+from gradsift.detect.ensemble import zscore
 from gradsift.detect.metrics import detection_metrics
 from gradsift.detect.oga import OGAConfig, OutlierGradientAnalysis, select_checkpoints
 from gradsift.errors import GradsiftError
 from gradsift.experiments.datasets import load_half_moons
 from gradsift.experiments.models import mlp
 from gradsift.experiments.training import TrainConfig, train_classifier
+from gradsift.grads.extract import compute_gradients
+from gradsift.influence import InfluenceScorer
 from gradsift.task import ClassificationTask
 
 
@@ -83,3 +91,53 @@ def test_checkpoint_selection(moons):
         select_checkpoints(recorder, [99])
     with pytest.raises(ValueError, match="unknown detector"):
         OutlierGradientAnalysis(mlp(2, 2), ClassificationTask(), OGAConfig(detectors=("nope",)))
+
+
+def test_self_influence_detectors_run_through_oga_like_any_other(moons):
+    """OGA hands every detector the context (the model at the chosen checkpoint, the
+    task, the data, the recorder, weight decay); each self-influence score equals the
+    detector fitted directly with that context, and the scorer's self-influence."""
+    data, model, recorder = moons
+    train = (data.train.X, data.train.y)
+    task, wd = ClassificationTask(), 1e-3
+    names = ("l2", "self-if-exact", "self-datainf", "self-tracin")
+    config = OGAConfig(detectors=names, weight_decay=wd)
+    out = OutlierGradientAnalysis(model, task, config).run(train, recorder)
+
+    best = recorder.best()
+    at_best = CheckpointRecorder.load_into(copy.deepcopy(model), best).eval()
+    G, losses = compute_gradients(at_best, task, train)
+    ctx = DetectionContext(
+        G, losses, model=at_best, task=task, data=train, checkpoints=recorder, weight_decay=wd
+    )
+    for name in names:
+        direct = get_detector(name).fit_score(context=ctx)
+        np.testing.assert_allclose(out.results[name].scores, direct, rtol=1e-10, err_msg=name)
+    tensors = (torch.as_tensor(data.train.X), torch.as_tensor(data.train.y))
+    exact = InfluenceScorer(at_best, task, "if-exact", damping=DEFAULT_DAMPING, weight_decay=wd)
+    np.testing.assert_allclose(
+        out.results["self-if-exact"].scores, exact.fit(tensors).self_influence(tensors), rtol=1e-4
+    )
+    tracin = InfluenceScorer(model, task, "tracin", checkpoints=recorder)
+    np.testing.assert_allclose(
+        out.results["self-tracin"].scores, tracin.self_influence(tensors), rtol=1e-5
+    )
+
+
+def test_self_influence_in_a_checkpoint_ensemble_uses_each_checkpoint_model(moons):
+    data, model, recorder = moons
+    train = (data.train.X, data.train.y)
+    task = ClassificationTask()
+    config = OGAConfig(detectors=("self-if-exact",), checkpoint=[10, 20])
+    out = OutlierGradientAnalysis(model, task, config).run(train, recorder)
+    tensors = (torch.as_tensor(data.train.X), torch.as_tensor(data.train.y))
+    expected = 0.0
+    for ckpt in select_checkpoints(recorder, [10, 20]):
+        m = CheckpointRecorder.load_into(copy.deepcopy(model), ckpt).eval()
+        scorer = InfluenceScorer(m, task, "if-exact", damping=DEFAULT_DAMPING).fit(tensors)
+        expected = expected + ckpt.lr * zscore(scorer.self_influence(tensors))
+    np.testing.assert_allclose(out.results["self-if-exact"].scores, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="mode='sum'"):
+        OutlierGradientAnalysis(
+            model, task, dataclasses.replace(config, ensemble_mode="concat")
+        ).run(train, recorder)

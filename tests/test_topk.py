@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from gradsift.store.kernels import StreamingTopK, pairwise_topk
+from gradsift.store.kernels import pairwise_topk
+from gradsift.store.topk import StreamingTopK
 
 
 def blocks_of(X, size):

@@ -5,10 +5,16 @@ row per training sample, possibly a ``np.memmap``) and/or per-sample losses
 (``[n]``) into a detection score (float64 ``[n]``). **Higher = more suspicious**
 (more likely mislabeled or detrimental), as everywhere in gradsift.
 
-Detectors follow the scikit-learn pattern::
+Detectors follow the scikit-learn pattern, one contract for all of them::
 
     det = get_detector("iforest", seed=0)
     scores = det.fit_score(G)          # == det.fit(G).score(G) up to in-sample effects
+    det.fit(G, losses=None, *, context=None)   # context: a DetectionContext
+
+The optional :class:`~gradsift.detect.context.DetectionContext` carries what some
+detectors need besides ``G`` and ``losses`` (the model, task, training data and
+checkpoints of the self-influence detectors); ``G`` and ``losses`` default to the
+context's.
 
 ``fit_score`` is the method to use for outlier detection on the training set
 itself: for neighbour/ECDF based models it returns the *in-sample* scores (a
@@ -18,10 +24,13 @@ sample is not its own neighbour), see :mod:`gradsift.detect.fitted`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from sklearn.exceptions import NotFittedError
+
+if TYPE_CHECKING:
+    from gradsift.detect.context import DetectionContext
 
 __all__ = [
     "Detector",
@@ -131,9 +140,14 @@ class Detector(ABC):
             (``l1``, ``l2``, ``loss``); otherwise checkpoint ensembles z-score first.
         needs_gradients: False for baselines that ignore ``X`` (``loss``, ``random``).
         needs_losses: True when ``losses`` is required (``loss``).
+        needs_model: True when fitting needs the context's model, task and data (the
+            ``self-if-*`` and ``self-tracin`` detectors); without them ``fit`` raises a
+            ``ValueError`` saying what to pass.
 
     Subclasses implement :meth:`_score` and, when they learn something, :meth:`_fit`
-    (and set ``requires_fit = True``). Inputs are validated by the public methods.
+    (and set ``requires_fit = True``); those that need more than ``X`` and ``losses``
+    take it from the context in :meth:`_use_context`. Inputs are validated by the
+    public methods.
     """
 
     name: ClassVar[str] = "detector"
@@ -141,35 +155,56 @@ class Detector(ABC):
     needs_gradients: ClassVar[bool] = True
     needs_losses: ClassVar[bool] = False
     requires_fit: ClassVar[bool] = False
-    needs_model: ClassVar[bool] = False  # True for self-influence detectors (need model/task/data)
+    needs_model: ClassVar[bool] = False
 
     _fitted: bool = False
     _n_features: int | None = None
 
     # ---------------------------------------------------------------- public API
 
-    def fit(self, X: np.ndarray | None, losses: np.ndarray | None = None) -> Detector:
-        """Fit on gradients ``X`` (``[n, D]``) and/or ``losses`` (``[n]``); returns ``self``."""
-        X, losses = self._check_inputs(X, losses)
+    def fit(
+        self,
+        X: np.ndarray | None = None,
+        losses: np.ndarray | None = None,
+        *,
+        context: DetectionContext | None = None,
+    ) -> Detector:
+        """Fit on gradients ``X`` (``[n, D]``) and/or ``losses`` (``[n]``); returns ``self``.
+
+        ``X`` and ``losses`` default to ``context.gradients`` / ``context.losses``.
+        """
+        X, losses = self._prepare(X, losses, context)
         self._fit(X, losses)
         self._fitted = True
         self._n_features = None if X is None else int(X.shape[1])
         return self
 
-    def score(self, X: np.ndarray | None, losses: np.ndarray | None = None) -> np.ndarray:
+    def score(
+        self,
+        X: np.ndarray | None = None,
+        losses: np.ndarray | None = None,
+        *,
+        context: DetectionContext | None = None,
+    ) -> np.ndarray:
         """Score every row: float64 ``[n]``, higher = more suspicious.
 
         Raises:
             NotFittedError: the detector learns from data and :meth:`fit` was not called.
             ValueError: invalid inputs, or ``D`` differs from the fitted ``D``.
         """
-        X, losses = self._check_inputs(X, losses)
+        X, losses = self._prepare(X, losses, context)
         self._check_fitted(X)
         return self._check_scores(self._score(X, losses), X, losses)
 
-    def fit_score(self, X: np.ndarray | None, losses: np.ndarray | None = None) -> np.ndarray:
+    def fit_score(
+        self,
+        X: np.ndarray | None = None,
+        losses: np.ndarray | None = None,
+        *,
+        context: DetectionContext | None = None,
+    ) -> np.ndarray:
         """Fit on the data and return its (in-sample) scores: float64 ``[n]``, higher = more suspicious."""
-        X, losses = self._check_inputs(X, losses)
+        X, losses = self._prepare(X, losses, context)
         scores = self._fit_score(X, losses)
         self._fitted = True
         self._n_features = None if X is None else int(X.shape[1])
@@ -185,6 +220,9 @@ class Detector(ABC):
 
     # ---------------------------------------------------------------- hooks
 
+    def _use_context(self, context: DetectionContext) -> None:  # noqa: B027
+        """Take what the detector needs besides ``X`` and ``losses`` (no-op for most)."""
+
     def _fit(self, X: np.ndarray | None, losses: np.ndarray | None) -> None:  # noqa: B027
         """Learn from the data (no-op for stateless detectors)."""
 
@@ -197,6 +235,19 @@ class Detector(ABC):
         return self._score(X, losses)
 
     # ---------------------------------------------------------------- checks
+
+    def _prepare(
+        self,
+        X: np.ndarray | None,
+        losses: np.ndarray | None,
+        context: DetectionContext | None,
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Fill ``X``/``losses`` from the context, hand it to the detector, validate."""
+        if context is not None:
+            X = context.gradients if X is None else X
+            losses = context.losses if losses is None else losses
+            self._use_context(context)
+        return self._check_inputs(X, losses)
 
     def _check_inputs(
         self, X: np.ndarray | None, losses: np.ndarray | None

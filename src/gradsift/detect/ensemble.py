@@ -11,6 +11,10 @@ With gradients ``G_k`` (``[n, D_k]``) taken at checkpoints ``k`` with learning r
   ``Σ_k η_k ‖g_k‖²``.
 - ``mode="concat"``: one detector on ``[√η_1·G_1, …, √η_K·G_K]`` (column-wise). For ``l2``
   this equals ``sum``; for ``l1`` it gives ``Σ_k √η_k ‖g_k‖₁`` instead.
+
+With ``contexts`` (one :class:`~gradsift.detect.context.DetectionContext` per checkpoint,
+e.g. holding the model at that checkpoint), each checkpoint's detector is fitted with its
+context, so the self-influence detectors take part like any other (``mode="sum"`` only).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .base import Detector, check_gradients, iter_row_blocks
+from .context import DetectionContext
 from .registry import get_detector
 
 __all__ = ["ensemble_scores", "zscore"]
@@ -79,6 +84,8 @@ def ensemble_scores(
     losses: Sequence[np.ndarray | None] | None,
     weights: Sequence[float],
     mode: Literal["sum", "concat"] = "sum",
+    *,
+    contexts: Sequence[DetectionContext] | None = None,
     **detector_kwargs: Any,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Learning-rate-weighted checkpoint ensemble of a detector.
@@ -91,6 +98,7 @@ def ensemble_scores(
         losses: per checkpoint, losses ``[n]`` (or None); required by ``loss``.
         weights: ``η_k >= 0`` per checkpoint (learning rates).
         mode: ``"sum"`` or ``"concat"`` (see module docstring).
+        contexts: per checkpoint, the context its detector is fitted with (``"sum"``).
         **detector_kwargs: passed to :func:`get_detector` when ``detector`` is a name.
 
     Returns:
@@ -103,8 +111,11 @@ def ensemble_scores(
     if losses is not None and len(losses) != len(grads):
         raise ValueError(f"got {len(losses)} loss arrays for {len(grads)} checkpoints")
     loss_list = list(losses) if losses is not None else [None] * len(grads)
+    if contexts is not None and len(contexts) != len(grads):
+        raise ValueError(f"got {len(contexts)} contexts for {len(grads)} checkpoints")
     if mode == "sum":
-        return _sum_scores(make, grads, loss_list, w)
+        context_list = list(contexts) if contexts is not None else [None] * len(grads)
+        return _sum_scores(make, grads, loss_list, w, context_list)
     if mode == "concat":
         return _concat_scores(make, grads, w)
     raise ValueError(f"mode must be 'sum' or 'concat', got {mode!r}")
@@ -115,13 +126,14 @@ def _sum_scores(
     grads: Sequence[np.ndarray | None],
     losses: Sequence[np.ndarray | None],
     w: np.ndarray,
+    contexts: Sequence[DetectionContext | None],
 ) -> tuple[np.ndarray, dict[str, Any]]:
     total: np.ndarray | None = None
     per_checkpoint: list[dict[str, Any]] = []
     standardised = False
-    for k, (g, loss, wk) in enumerate(zip(grads, losses, w, strict=True)):
+    for k, (g, loss, wk, ctx) in enumerate(zip(grads, losses, w, contexts, strict=True)):
         det = make()
-        s = det.fit_score(g, loss)
+        s = det.fit_score(g, loss, context=ctx)
         standardised = not det.additive
         s = zscore(s) if standardised else s
         if total is not None and s.shape != total.shape:
@@ -143,6 +155,11 @@ def _concat_scores(
     make: Callable[[], Detector], grads: Sequence[np.ndarray | None], w: np.ndarray
 ) -> tuple[np.ndarray, dict[str, Any]]:
     det = make()
+    if det.needs_model:
+        raise ValueError(
+            f"mode='concat' concatenates gradients of different checkpoints; detector "
+            f"{det.name!r} needs one model per gradient matrix (use mode='sum')"
+        )
     if not det.needs_gradients:
         raise ValueError(
             f"mode='concat' concatenates gradients; detector {det.name!r} does not use them "

@@ -10,6 +10,12 @@ the checkpoint with the best validation accuracy (the early-stopping point, wher
 memorisation has not begun). ``checkpoint="final"``, an explicit list of epochs, or
 ``"ensemble"`` (a learning-rate-weighted combination over several checkpoints; for
 ``l2`` this is TracIn self-influence) are the alternatives.
+
+Every detector gets the same :class:`~gradsift.detect.context.DetectionContext` per
+checkpoint: ``G`` and the losses, the model loaded at that checkpoint, the task, the
+training data, the recorder's checkpoints, ``weight_decay`` and the layout of ``G``'s
+columns. So the self-influence detectors (``self-if-cg``, ``self-tracin``, …) run like
+any other: ``OGAConfig(detectors=["l2", "self-if-cg"])``.
 """
 
 from __future__ import annotations
@@ -27,10 +33,13 @@ from torch.utils.data import Dataset
 from gradsift.checkpoints import Checkpoint, CheckpointRecorder
 from gradsift.config import DEFAULT_DETECTORS
 from gradsift.detect import get_detector
+from gradsift.detect.context import DetectionContext
 from gradsift.detect.ensemble import ensemble_scores
 from gradsift.detect.result import Budget, DetectionResult
 from gradsift.errors import GradsiftError
 from gradsift.grads.extract import ExtractConfig, compute_gradients
+from gradsift.grads.layout import Block, layout_of
+from gradsift.grads.projection import Projector
 from gradsift.task import Task
 
 CheckpointChoice = Literal["best", "final", "ensemble"] | Sequence[int]
@@ -43,7 +52,9 @@ class OGAConfig:
     ``checkpoint``: ``"best"`` (best validation accuracy; the default), ``"final"``,
     ``"ensemble"`` (``ensemble_size`` checkpoints evenly spaced up to the final one), or a
     list of epochs. ``ensemble_mode``: ``"sum"`` (lr-weighted sum of per-checkpoint scores)
-    or ``"concat"`` (one detector on the concatenated gradients).
+    or ``"concat"`` (one detector on the concatenated gradients). ``weight_decay``: the
+    coupled L2 coefficient the model was trained with (enters the Hessian of the
+    ``self-if-*`` detectors and DataInf's damping).
     """
 
     detectors: Sequence[str] = DEFAULT_DETECTORS
@@ -53,6 +64,7 @@ class OGAConfig:
     ensemble_mode: Literal["sum", "concat"] = "sum"
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     seed: int = 0
+    weight_decay: float = 0.0
 
 
 @dataclass
@@ -124,20 +136,51 @@ class OutlierGradientAnalysis:
         for name in self.config.detectors:  # fail early on unknown names
             get_detector(name)
 
+    def model_at(self, checkpoint: Checkpoint | None) -> nn.Module:
+        """The model in eval mode at ``checkpoint`` (a copy), or as it is for ``None``."""
+        model = self.model
+        if checkpoint is not None:
+            model = CheckpointRecorder.load_into(copy.deepcopy(self.model), checkpoint)
+        model.eval()
+        return model
+
     def gradients(
         self, data: Dataset | tuple[Any, ...], checkpoints: Sequence[Checkpoint | None]
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(G [n, D], losses [n])`` at each checkpoint (``None`` = the model as it is)."""
+        return [self._gradients(self.model_at(c), data, c) for c in checkpoints]
+
+    def _gradients(
+        self, model: nn.Module, data: Dataset | tuple[Any, ...], ckpt: Checkpoint | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        label = "current weights" if ckpt is None else f"epoch {ckpt.epoch}"
+        return compute_gradients(
+            model, self.task, data, self.config.extract, description=f"gradients @ {label}"
+        )
+
+    def contexts(
+        self,
+        data: Dataset | tuple[Any, ...],
+        checkpoints: Sequence[Checkpoint | None],
+        recorder: CheckpointRecorder | None = None,
+    ) -> list[DetectionContext]:
+        """The detection context at each checkpoint: its gradients and losses, the model
+        at that checkpoint, the task, ``data``, the recorder, ``weight_decay`` and the
+        layout of ``G``'s columns."""
         out = []
         for ckpt in checkpoints:
-            model = self.model
-            if ckpt is not None:
-                model = CheckpointRecorder.load_into(copy.deepcopy(self.model), ckpt)
-            model.eval()
-            label = "current weights" if ckpt is None else f"epoch {ckpt.epoch}"
+            model = self.model_at(ckpt)
+            G, losses = self._gradients(model, data, ckpt)
             out.append(
-                compute_gradients(
-                    model, self.task, data, self.config.extract, description=f"gradients @ {label}"
+                DetectionContext(
+                    gradients=G,
+                    losses=losses,
+                    model=model,
+                    task=self.task,
+                    data=data,
+                    checkpoints=recorder,
+                    weight_decay=self.config.weight_decay,
+                    layout=_column_layout(model, self.task, self.config.extract),
                 )
             )
         return out
@@ -153,7 +196,7 @@ class OutlierGradientAnalysis:
             else list(select_checkpoints(recorder, cfg.checkpoint, cfg.ensemble_size))
         )
         t0 = time.perf_counter()
-        per_ckpt = self.gradients(data, checkpoints)
+        contexts = self.contexts(data, checkpoints, recorder)
         timings = {"gradients": time.perf_counter() - t0}
         used = [
             {"epoch": None, "lr": 1.0} if c is None else {"epoch": c.epoch, "lr": c.lr, **c.metrics}
@@ -162,31 +205,39 @@ class OutlierGradientAnalysis:
         results = {}
         for name in cfg.detectors:
             t0 = time.perf_counter()
-            results[name] = self._detect(name, per_ckpt, [u["lr"] for u in used])
+            results[name] = self._detect(name, contexts, [u["lr"] for u in used])
             results[name].settings["checkpoints"] = [u["epoch"] for u in used]
             timings[name] = time.perf_counter() - t0
         return OGAResult(results, used, timings)
 
     def _detect(
-        self, name: str, per_ckpt: list[tuple[np.ndarray, np.ndarray]], lrs: list[float]
+        self, name: str, contexts: list[DetectionContext], lrs: list[float]
     ) -> DetectionResult:
         kwargs = _seed_kwargs(name, self.config.seed)
-        if len(per_ckpt) == 1:
-            G, losses = per_ckpt[0]
+        if len(contexts) == 1:
             return DetectionResult.from_detector(
-                get_detector(name, **kwargs), G, losses, self.config.budget
+                get_detector(name, **kwargs), budget=self.config.budget, context=contexts[0]
             )
         scores, settings = ensemble_scores(
             name,
-            [g for g, _ in per_ckpt],
-            [loss for _, loss in per_ckpt],
+            [c.gradients for c in contexts],
+            [c.losses for c in contexts],
             lrs,
             mode=self.config.ensemble_mode,
+            contexts=contexts,
             **kwargs,
         )
         return DetectionResult(
             scores=scores, detector=name, settings=settings, budget=self.config.budget
         )
+
+
+def _column_layout(model: nn.Module, task: Task, extract: ExtractConfig) -> list[Block]:
+    """The blocks of ``G``'s columns: the tracked parameters, or their projections."""
+    layout = layout_of(task.tracked_parameters(model))
+    if extract.projection is None:
+        return layout
+    return list(Projector(layout, extract.projection).out_blocks)
 
 
 def _seed_kwargs(name: str, seed: int) -> dict[str, Any]:

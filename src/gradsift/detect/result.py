@@ -22,7 +22,8 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .detectors.base import Detector
+    from .base import Detector
+    from .context import DetectionContext
 
 __all__ = ["DetectionResult", "budget_to_count"]
 
@@ -142,11 +143,14 @@ class DetectionResult:
     def from_detector(
         cls,
         detector: Detector,
-        X: np.ndarray | None,
+        X: np.ndarray | None = None,
         losses: np.ndarray | None = None,
         budget: Budget = 0.1,
+        *,
+        context: DetectionContext | None = None,
     ) -> DetectionResult:
-        """Run ``detector.fit_score(X, losses)`` and wrap the scores with its settings."""
-        scores = detector.fit_score(X, losses)
+        """Run ``detector.fit_score(X, losses, context=context)`` and wrap the scores with
+        its settings."""
+        scores = detector.fit_score(X, losses, context=context)
         settings = detector.settings()
         return cls(scores=scores, detector=settings["name"], settings=settings, budget=budget)

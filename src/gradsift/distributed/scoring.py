@@ -1,22 +1,24 @@
-"""Distributed streaming scoring over the row blocks of a gradient store.
+"""Distributed scoring over the row blocks of a gradient store: sharding and reduction only.
 
-Nothing here holds the gradient matrix, or an ``n_train × n_test`` score matrix, in
-memory. Each rank of the current ``torch.distributed`` job (one plain process is a job
-of one) reads only its own shards, ``shards[rank::world]``, block by block from the
-memory-mapped files, and the per-rank results are merged at the end:
+All arithmetic is in :mod:`gradsift.store.kernels` (the same functions score in-memory
+arrays); this module decides which blocks a rank reads and how the ranks' results are
+combined. Each rank of the current ``torch.distributed`` job (one plain process is a job
+of one) reads only its own shards, ``shards[rank::world]`` (:func:`rank_blocks`), block by
+block from the memory-mapped files; nothing here holds the gradient matrix or an
+``n_train × n_test`` score matrix in memory.
 
-- :func:`distributed_topk`: pairwise scores ``train [r, D] · test [m, D]ᵀ`` per block into
-  a :class:`~gradsift.store.kernels.StreamingTopK` (largest = most helpful, smallest = most
-  harmful), merged across ranks. Equal to :func:`gradsift.store.kernels.pairwise_topk` over the
+- :func:`distributed_topk`: :func:`~gradsift.store.kernels.pairwise_topk` over this rank's
+  blocks, then the top-k tables merged across ranks. Equal to ``pairwise_topk`` over the
   whole store, ties included.
 - :func:`distributed_scores`: a detector's per-row scores (float64 ``[n]``, higher = more
-  suspicious). Row-wise detectors (``l1``, ``l2``) stream; fitted detectors
-  (``iforest``, ``ecod``, ``knn``, ``lof``, ``pyod:*``) are fitted on rank 0 on a seeded
-  sample of ``sample_size`` rows, broadcast, and score every row in a stream; ``loss``
-  and ``random`` need only the per-row losses / the row count.
-- :func:`self_influence`: ``g_iᵀ P g_i`` where ``P ≈ (H + λI)⁻¹`` is given as a matrix,
-  a fitted influence solver (``solver.solve``), a function applied to row blocks, or a
-  second store holding the preconditioned rows ``s_i = P g_i`` (same rows and shards).
+  suspicious), all-gathered. Row-wise detectors (``l1``, ``l2``) stream; fitted detectors
+  (``iforest``, ``ecod``, ``knn``, ``lof``, ``pyod:*``, ``self-if-*`` with a
+  :class:`~gradsift.detect.context.DetectionContext`) are fitted on rank 0 on a seeded
+  sample of ``sample_size`` rows, broadcast, and score every row in a stream; ``loss``,
+  ``random`` and ``self-tracin`` need only the per-row losses / the row count.
+- :func:`self_influence`: :func:`~gradsift.store.kernels.self_influence_rows`
+  (``g_iᵀ P g_i``) over this rank's blocks, all-gathered; ``P`` may also be a second
+  store holding the preconditioned rows ``s_i = P g_i`` (same rows and shards).
 
 Memory per rank: one block of gradients (``block_rows × D``, memory-mapped) and of
 scores (``block_rows × n_test``), the top-k tables (``2 · n_test · k`` values and
@@ -27,9 +29,8 @@ for that last vector.
 from __future__ import annotations
 
 import inspect
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,10 +38,20 @@ import torch
 from gradsift.distributed import process_group as D
 from gradsift.errors import GradsiftError
 from gradsift.store.gradient_store import GradientStore
-from gradsift.store.kernels import ScoreFn, StreamingTopK, dot_scores
+from gradsift.store.kernels import (
+    Preconditioner,
+    Score,
+    StreamingTopK,
+    cosine_scores,
+    fold_block,
+    pairwise_topk,
+    quadratic_form,
+    self_influence_rows,
+)
 
 if TYPE_CHECKING:  # scikit-learn is imported only when a detector is used
     from gradsift.detect import Detector
+    from gradsift.detect.context import DetectionContext
 
 __all__ = [
     "cosine_scores",
@@ -51,19 +62,9 @@ __all__ = [
     "sample_rows",
     "self_influence",
 ]
+# ``cosine_scores`` and ``fold_block`` live in gradsift.store; they stay importable from here.
 
-Preconditioner = np.ndarray | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | GradientStore
 DEFAULT_SAMPLE = 10_000
-
-
-def cosine_scores(train: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
-    """``[r, m]`` cosine similarities; a zero row scores 0 against everything."""
-    return _unit(train) @ _unit(test).T
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-    return x / torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
 def rank_blocks(
@@ -71,23 +72,19 @@ def rank_blocks(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """``(first_row, block [r, D])`` over this rank's shards (``shards[rank::world]``).
 
-    Blocks never cross a shard boundary and start at each shard's first row, exactly as
+    Blocks are cut by :meth:`GradientStore.shard_blocks`, exactly as
     :meth:`GradientStore.iter_blocks` cuts them, so per-block arithmetic is identical
     to a single-process pass.
     """
-    block_rows = block_rows or store.settings.rows_per_shard
     for shard in D.assign(range(store.n_shards) if shards is None else shards):
-        start, _ = store.shard_range(shard)
-        data = store.read_shard(shard)
-        for offset in range(0, len(data), block_rows):
-            yield start + offset, np.asarray(data[offset : offset + block_rows])
+        yield from store.shard_blocks(shard, block_rows)
 
 
 def distributed_topk(
     store: GradientStore,
     test: np.ndarray | torch.Tensor,
     k: int,
-    score: Literal["dot", "cosine"] | ScoreFn = "dot",
+    score: Score = "dot",
     block_rows: int | None = None,
 ) -> tuple[StreamingTopK, StreamingTopK]:
     """Top-``k`` most helpful (largest) and most harmful (smallest) train rows per test row.
@@ -106,64 +103,11 @@ def distributed_topk(
         ``(helpful, harmful)`` merged on every rank; ``.result()`` gives
         ``(values float64 [m, k], indices int64 [m, k])``, best first.
     """
-    fn = _score_fn(score)
-    test_t = torch.as_tensor(np.asarray(test) if not isinstance(test, torch.Tensor) else test)
-    if test_t.dim() != 2 or test_t.shape[1] != store.dim:
-        raise GradsiftError(f"test must be [m, {store.dim}], got {tuple(test_t.shape)}")
-    if not test_t.is_floating_point() or test_t.dtype == torch.float16:
-        test_t = test_t.float()
-    helpful = StreamingTopK(len(test_t), k, largest=True)
-    harmful = StreamingTopK(len(test_t), k, largest=False)
-    for first_row, block in rank_blocks(store, block_rows):
-        scores = fn(_tensor(block).to(test_t.dtype), test_t)
-        fold_block(helpful, scores, first_row)
-        fold_block(harmful, scores, first_row)
+    shape = np.shape(test)
+    if len(shape) != 2 or shape[1] != store.dim:
+        raise GradsiftError(f"test must be [m, {store.dim}], got {tuple(shape)}")
+    helpful, harmful = pairwise_topk(rank_blocks(store, block_rows), test, k, score)
     return D.merge_topk(helpful), D.merge_topk(harmful)
-
-
-def fold_block(top: StreamingTopK, scores: torch.Tensor, first_row: int) -> None:
-    """``top.update(scores, first_row)`` for a large block, about 50× faster.
-
-    A full update sorts ``[n_test, k + rows]`` twice. Here each test column first keeps
-    only the rows scoring at least its k-th best score in the block (``torch.topk``; when
-    a row ties with the k-th, all tied rows are kept), and only those are folded in. Every row of the
-    block's exact top-k (ties by lower index) is among them, so the result is identical
-    to :meth:`StreamingTopK.update`. Scores must be finite.
-    """
-    rows = scores.shape[0]
-    if rows <= top.k:
-        top.update(scores, first_row)
-        return
-    sign = 1.0 if top.largest else -1.0
-    key = scores * sign  # larger key = better, for both directions (negation is exact)
-    values, index = torch.topk(key, top.k + 1, dim=0)
-    if bool((values[-1] == values[-2]).any()):  # a tie at the k-th place: keep all tied
-        keep = key >= values[-2]
-        width = int(keep.sum(dim=0).max())
-        values, index = torch.topk(key.masked_fill(~keep, -torch.inf), width, dim=0)
-    else:
-        values, index = values[:-1], index[:-1]
-    part = StreamingTopK(top.n_test, top.k, top.largest)
-    part.values = (values * sign).T.double()  # fillers (-inf key) never beat a kept row
-    part.indices = (index + first_row).T.to(torch.int64)
-    top.merge(part)
-
-
-def _tensor(block: np.ndarray) -> torch.Tensor:
-    """A tensor view of a (read-only, memory-mapped) block; it is only ever read."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(block)
-
-
-def _score_fn(score: str | ScoreFn) -> ScoreFn:
-    if callable(score):
-        return score
-    if score == "dot":
-        return dot_scores
-    if score == "cosine":
-        return cosine_scores
-    raise GradsiftError(f"score must be 'dot', 'cosine' or a function, got {score!r}")
 
 
 def sample_rows(store: GradientStore, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -189,6 +133,7 @@ def distributed_scores(
     sample_size: int = DEFAULT_SAMPLE,
     seed: int = 0,
     block_rows: int | None = None,
+    context: DetectionContext | None = None,
     **detector_kwargs: Any,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Detection scores of every row of ``store``: ``(float64 [n], settings)``, higher =
@@ -202,14 +147,17 @@ def distributed_scores(
             sampled or not, is then scored with ``score`` (out-of-sample).
         seed: seeds the sample (and, for names, the detector via ``seed=``).
         block_rows: rows per scored block (default: rows per shard).
+        context: model, task, training data, checkpoints for the detectors that need
+            them (``self-if-*``, ``self-tracin``); the store's rows and losses are used
+            in place of its gradients and losses.
         **detector_kwargs: passed to :func:`get_detector` with a name.
     """
     det = _make_detector(detector, seed, detector_kwargs)
     settings: dict[str, Any] = {"detector": det.settings(), "streamed": True}
-    if not det.needs_gradients:  # loss, random: per-row losses / row count only
-        return det.fit_score(None, store.losses()), settings
+    if not det.needs_gradients:  # loss, random, self-tracin: losses / row count only
+        return det.fit_score(None, store.losses(), context=context), settings
     if det.requires_fit:
-        det = D.run_on_main(lambda: _fit_on_sample(det, store, sample_size, seed))
+        det = D.run_on_main(lambda: _fit_on_sample(det, store, sample_size, seed, context))
         settings = {
             "detector": det.settings(),
             "streamed": True,
@@ -236,15 +184,21 @@ def _make_detector(detector: str | Detector, seed: int, kwargs: dict[str, Any]) 
     return det
 
 
-def _fit_on_sample(det: Detector, store: GradientStore, size: int, seed: int) -> Detector:
+def _fit_on_sample(
+    det: Detector,
+    store: GradientStore,
+    size: int,
+    seed: int,
+    context: DetectionContext | None,
+) -> Detector:
     rows, X = sample_rows(store, size, seed)
     losses = store.losses()[rows] if det.needs_losses else None
-    return det.fit(X, losses)
+    return det.fit(X, losses, context=context)
 
 
 def self_influence(
     store: GradientStore,
-    preconditioner: Preconditioner | None = None,
+    preconditioner: Preconditioner | GradientStore | None = None,
     block_rows: int | None = None,
 ) -> np.ndarray:
     """Self-influence ``g_iᵀ P g_i`` of every row (float64 ``[n]``, higher = more
@@ -261,52 +215,25 @@ def self_influence(
             are taken in float64.
         block_rows: rows per block (default: rows per shard).
     """
-    apply = _preconditioner(store, preconditioner)
-    pieces = []
-    for first_row, block in rank_blocks(store, block_rows):
-        g = _tensor(np.asarray(block, dtype=np.float64))
-        pg = apply(g, first_row)
-        if pg.shape != g.shape:
-            raise GradsiftError(
-                f"the preconditioner returned {tuple(pg.shape)} for {tuple(g.shape)}"
-            )
-        pieces.append((first_row, (g * pg.double()).sum(dim=1).numpy()))
+    blocks = rank_blocks(store, block_rows)
+    if isinstance(preconditioner, GradientStore):
+        _check_paired(store, preconditioner)
+        paired = zip(blocks, rank_blocks(preconditioner, block_rows), strict=True)
+        pieces = [(first, quadratic_form(g, s)) for (first, g), (_, s) in paired]
+    else:
+        pieces = list(self_influence_rows(blocks, preconditioner, dim=store.dim))
     return D.gather_rows(store.n_rows, pieces)
 
 
-def _preconditioner(
-    store: GradientStore, p: Preconditioner | None
-) -> Callable[[torch.Tensor, int], torch.Tensor]:
-    if p is None:
-        return lambda g, _: g
-    if isinstance(p, GradientStore):
-        if (p.n_rows, p.dim, p.settings.rows_per_shard) != (
-            store.n_rows,
-            store.dim,
-            store.settings.rows_per_shard,
-        ):
-            raise GradsiftError(
-                f"the preconditioned store has {p.n_rows} rows × {p.dim} in shards of "
-                f"{p.settings.rows_per_shard}; it must match the gradient store "
-                f"({store.n_rows} × {store.dim}, shards of {store.settings.rows_per_shard})"
-            )
-        return lambda g, first: torch.from_numpy(_rows(p, first, len(g)))
-    solve = getattr(p, "solve", None)  # an influence solver: solve(V [m, D]) -> (H+λI)⁻¹ V
-    if callable(solve):
-        return lambda g, _: solve(g)
-    if callable(p) and not isinstance(p, np.ndarray | torch.Tensor):
-        return lambda g, _: p(g)
-    matrix = torch.as_tensor(np.asarray(p), dtype=torch.float64)
-    if matrix.shape != (store.dim, store.dim):
+def _check_paired(store: GradientStore, pre: GradientStore) -> None:
+    """``pre`` holds the same rows in the same shards as ``store`` (so blocks pair up)."""
+    if (pre.n_rows, pre.dim, pre.settings.rows_per_shard) != (
+        store.n_rows,
+        store.dim,
+        store.settings.rows_per_shard,
+    ):
         raise GradsiftError(
-            f"the preconditioner must be [{store.dim}, {store.dim}], got {tuple(matrix.shape)}"
+            f"the preconditioned store has {pre.n_rows} rows × {pre.dim} in shards of "
+            f"{pre.settings.rows_per_shard}; it must match the gradient store "
+            f"({store.n_rows} × {store.dim}, shards of {store.settings.rows_per_shard})"
         )
-    return lambda g, _: g @ matrix
-
-
-def _rows(store: GradientStore, first: int, count: int) -> np.ndarray:
-    shard = first // store.settings.rows_per_shard
-    start, _ = store.shard_range(shard)
-    return np.asarray(
-        store.read_shard(shard)[first - start : first - start + count], dtype=np.float64
-    )

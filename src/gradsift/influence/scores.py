@@ -21,7 +21,9 @@ point's ``task.measurement`` (its loss by default), both over the tracked parame
 The test side is transformed once (``q_t = (H+λI)⁻¹ g_t``, or ``η_k``-weighted, or
 normalised) and every train block is scored by ``G_block · Qᵀ``, so an
 ``n_train × n_test`` matrix is never needed: :meth:`InfluenceScorer.top_k` streams the
-blocks through :func:`gradsift.store.kernels.pairwise_topk`.
+blocks through :func:`gradsift.store.kernels.pairwise_topk`. The arithmetic is that of
+:mod:`gradsift.store.kernels` throughout (pairwise scores, top-k, and self-influence as
+the quadratic form ``g_iᵀ P g_i``), the same functions that score a sharded store.
 
 Train rows come from a data set (gradients computed on the fly, ``block_rows`` at a
 time) or from a :class:`~gradsift.store.gradient_store.GradientStore` extracted from the same model
@@ -52,7 +54,16 @@ from gradsift.influence.hessian import BatchSource
 from gradsift.influence.solvers import InverseHVP, make_solver
 from gradsift.progress import track
 from gradsift.store.gradient_store import GradientStore, model_fingerprint
-from gradsift.store.kernels import pairwise_topk
+from gradsift.store.kernels import (
+    ScoreFn,
+    as_tensor,
+    concat_rows,
+    dot_scores,
+    pairwise_scores,
+    pairwise_topk,
+    self_influence_rows,
+    unit_rows,
+)
 from gradsift.task import Task
 
 __all__ = ["METHODS", "InfluenceMethod", "InfluenceScorer", "TopKInfluence"]
@@ -240,7 +251,7 @@ class InfluenceScorer:
     def _transform(self, G: torch.Tensor) -> torch.Tensor:
         """The test-side map: ``q = (H+λI)⁻¹ g``, ``η``-weighting, or normalisation."""
         if self.method == "cosine":
-            return _normalise(G)
+            return unit_rows(G)
         if self.method == "tracin":
             weights = torch.repeat_interleave(
                 torch.tensor(self.lrs, dtype=G.dtype, device=G.device), self.dim
@@ -293,7 +304,7 @@ class InfluenceScorer:
             iters = [s.iter_blocks(self.block_rows) for s in stores]
             for parts in zip(*iters, strict=True):
                 block = torch.cat(
-                    [torch.as_tensor(np.asarray(b)).to(self.device, self.dtype) for _, b in parts],
+                    [as_tensor(b).to(self.device, self.dtype) for _, b in parts],
                     dim=1,
                 )
                 yield parts[0][0], block
@@ -331,34 +342,33 @@ class InfluenceScorer:
             dim=1,
         )
 
-    def _score_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def _score_fn(self) -> ScoreFn:
+        """Train block × test vectors; the test side is already transformed (normalised
+        for cosine, before any projection), so cosine normalises only the train rows."""
         if self.method == "cosine":
-            return lambda block, Q: _normalise(block) @ Q.T
-        return lambda block, Q: block @ Q.T
+            return lambda block, Q: dot_scores(unit_rows(block), Q)
+        return dot_scores
 
     # ------------------------------------------------------------------ scores
     def scores(self, train: TrainSource, test_data: Data) -> np.ndarray:
         """The full matrix float64 ``[n_train, n_test]`` (small problems; see :meth:`top_k`)."""
         Q = self.test_vectors(test_data)
         blocks, projectors = self._train_blocks(train)
-        Q = self._project(Q, projectors)
-        fn = self._score_fn()
-        out = [fn(block.to(Q.dtype), Q).double().cpu() for _, block in blocks]
-        return torch.cat(out).numpy()
+        return pairwise_scores(blocks, self._project(Q, projectors), self._score_fn())
 
     def top_k(self, train: TrainSource, test_data: Data, k: int = 10) -> TopKInfluence:
         """The ``k`` most helpful and most harmful training rows per test point, streamed."""
         Q = self.test_vectors(test_data)
         blocks, projectors = self._train_blocks(train)
-        Q = self._project(Q, projectors)
-        helpful, harmful = pairwise_topk(blocks, Q, k, self._score_fn())
+        helpful, harmful = pairwise_topk(blocks, self._project(Q, projectors), k, self._score_fn())
         hv, hi = helpful.result()
         av, ai = harmful.result()
         return TopKInfluence(hv, hi, av, ai)
 
     def self_influence(self, train: TrainSource) -> np.ndarray:
         """Self-influence float64 ``[n_train]``: ``score(i, i)`` with the training loss on
-        both sides (``g_iᵀ(H+λI)⁻¹g_i``, ``‖g_i‖²``, ``Σ_k η_k‖g_i(θ_k)‖²``; 1 for cosine).
+        both sides (``g_iᵀ(H+λI)⁻¹g_i``, ``‖g_i‖²``, ``Σ_k η_k‖g_i(θ_k)‖²``; 1 for cosine),
+        the quadratic form :func:`gradsift.store.kernels.self_influence_rows` in float64.
 
         A detection score: higher = more suspicious (mislabeled samples are self-influential).
         """
@@ -370,11 +380,10 @@ class InfluenceScorer:
                 "(the inverse Hessian lives in the full parameter space): pass the data set "
                 "or an unprojected store"
             )
-        side = _normalise if self.method == "cosine" else (lambda G: G)
-        out = [
-            (side(block) * self._transform(block)).sum(dim=1).double().cpu() for _, block in blocks
-        ]
-        return torch.cat(out).numpy()
+        if self.method == "cosine":  # ĝ_iᵀ ĝ_i
+            blocks = ((first, unit_rows(block)) for first, block in blocks)
+            return concat_rows(self_influence_rows(blocks))
+        return concat_rows(self_influence_rows(blocks, self._transform))
 
     def settings(self) -> dict[str, Any]:
         """JSON-serialisable description of the scorer."""
@@ -386,11 +395,6 @@ class InfluenceScorer:
             "solver": None if self.solver is None else self.solver.settings(),
             "checkpoint_lrs": self.lrs if self.method == "tracin" else None,
         }
-
-
-def _normalise(G: torch.Tensor) -> torch.Tensor:
-    norms = G.norm(dim=1, keepdim=True)
-    return torch.where(norms > 0, G / norms.clamp_min(torch.finfo(G.dtype).tiny), 0.0)
 
 
 def _as_stores(train: TrainSource) -> list[GradientStore] | None:
