@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         Path(a.out).write_text(text + "\n")
     if a.report:
         from gradsift.report import Report, SampleView
-        from gradsift.report.sections import detection_section, headline, trimming_section
+        from gradsift.report.detection import detection_section
+        from gradsift.report.trimming import headline, trimming_section
 
         rep = Report(f"Does trimming help? MNIST, {a.noise:.0%} {a.kind} label noise")
         tone, line = headline(res)

@@ -19,7 +19,7 @@ from browser import check_report, find_chromium, screenshot
 
 def make_digits_report(path: Path) -> Path:
     """A trimming report on digits with 20% flipped labels (l2 and loss, 3 seeds)."""
-    from gradsift.report.sections import trim_report
+    from gradsift.report.pages import trim_report
     from gradsift.experiments.trimming import TrimConfig, trim_dataset
 
     run = trim_dataset(

@@ -243,7 +243,7 @@ def test_cli_extract_resume_and_score(tmp_path):
     from typer.testing import CliRunner
 
     from gradsift.cli import app
-    from gradsift.distributed.jobs import BuiltinModel, builtin_setup
+    from gradsift.experiments.pipeline import BuiltinModel, builtin_setup
 
     runner = CliRunner()
     ckpt, train, test = tmp_path / "mlp.pt", tmp_path / "train", tmp_path / "test"

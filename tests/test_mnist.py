@@ -140,7 +140,7 @@ def test_mnist_models_learn(name: str, min_acc: float) -> None:
 
 
 def test_missing_package_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gradsift.experiments.datasets as ds
+    import gradsift.experiments.datasets.mnist as ds
 
     def missing(name: str) -> None:
         raise importlib.metadata.PackageNotFoundError(name)
@@ -158,7 +158,7 @@ def test_missing_package_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> 
 def test_unpickler_refuses_code() -> None:
     import io
 
-    from gradsift.experiments.datasets import _ArrayUnpickler
+    from gradsift.experiments.datasets.mnist import _ArrayUnpickler
 
     for payload in (pickle.dumps(print), pickle.dumps(np.arange(3), protocol=5)):
         with pytest.raises(pickle.UnpicklingError, match="refusing"):

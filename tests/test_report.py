@@ -22,8 +22,10 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from gradsift.experiments.datasets import load_digits
 from gradsift.experiments.trimming import Recipe, TrimConfig, trim_dataset
 from gradsift.report import Report, SampleView, sample_items
+from gradsift.report.detection import detection_section
 from gradsift.report.gallery import GalleryItem, image_png, render_table_row, render_text
 from gradsift.report.html import CSP, figure_to_png, png_data_uri
+from gradsift.report.pages import trim_report
 from gradsift.report.plots import (
     new_figure,
     roc_pr_curves,
@@ -31,7 +33,7 @@ from gradsift.report.plots import (
     trimming_bars,
     trimming_curves,
 )
-from gradsift.report.sections import detection_section, trim_report, trimming_verdict
+from gradsift.report.trimming import trimming_verdict
 
 CHROMIUM = find_chromium()
 needs_chromium = pytest.mark.skipif(
@@ -341,7 +343,7 @@ def test_browser_check_catches_a_broken_page(tmp_path: Path) -> None:
 
 def test_demo_report(tmp_path: Path) -> None:
     from gradsift.experiments.demo import run_demo
-    from gradsift.report.sections import demo_report
+    from gradsift.report.pages import demo_report
 
     res = run_demo(epochs=5, detectors=("l2", "loss"), modes=("best", "final"))
     path = demo_report(res).save(tmp_path / "demo.html")
@@ -359,9 +361,9 @@ def test_detect_report_renders_rows_as_they_are(tmp_path: Path, fmt: str) -> Non
     from sklearn.datasets import load_digits as sk_digits
 
     from gradsift.detect.oga import OGAConfig
-    from gradsift.experiments.tabular import detect_table, read_table
+    from gradsift.experiments.detect_run import detect_file
     from gradsift.experiments.training import TrainConfig
-    from gradsift.report.sections import detect_report_for_cli
+    from gradsift.report.pages import detect_report
 
     d = sk_digits()
     path = tmp_path / f"digits.{fmt}"
@@ -371,13 +373,12 @@ def test_detect_report_renders_rows_as_they_are(tmp_path: Path, fmt: str) -> Non
         frame = pd.DataFrame(d.data[:300], columns=[f"p{i}" for i in range(64)])
         frame["label"] = [f"d{v}" for v in d.target[:300]]  # string labels
         frame.to_csv(path, index=False)
-    table = read_table(path)
-    det = detect_table(table, "logreg", TrainConfig(epochs=3), OGAConfig(detectors=["l2", "loss"]))
-    scores = det.oga.scores_frame()
-    names = table.class_names
-    scores.insert(0, "label", [names[v] for v in table.y] if names else table.y)
-    scores.insert(1, "predicted", [names[v] for v in det.predicted] if names else det.predicted)
-    rep = detect_report_for_cli(scores, ["l2", "loss"], {**det.info, "source": str(path)}, path)
+    det = detect_file(
+        path, classifier="logreg", train=TrainConfig(epochs=3), oga=OGAConfig(["l2", "loss"])
+    )
+    scores = det.scores
+    names = det.table.class_names
+    rep = detect_report(det)
     html = rep.to_html()
     top = int(np.argmax(scores["l2_score"].to_numpy()))
     assert f"#{top} (rank 1)" in html

@@ -23,6 +23,8 @@ import pytest
 import torch
 
 import gradsift.experiments.trimming as trim
+import gradsift.experiments.trimming.pipeline as trim_pipeline
+import gradsift.experiments.trimming.pool as trim_pool
 from gradsift.detect.result import DetectionResult
 from gradsift.errors import GradsiftError
 from gradsift.experiments.datasets import LabeledData, load_digits
@@ -119,11 +121,11 @@ def test_every_arm_trains_the_identical_recipe(
     calls: list[tuple[dict, int, np.ndarray]] = []
     real = trim.train_run
 
-    def spy(recipe: Recipe, seed: int, removed: np.ndarray, data: trim._RunData) -> dict:
+    def spy(recipe: Recipe, seed: int, removed: np.ndarray, data: trim_pool.RunData) -> dict:
         calls.append((recipe.to_dict(), seed, removed.copy()))
         return real(recipe, seed, removed, data)
 
-    monkeypatch.setattr(trim, "train_run", spy)
+    monkeypatch.setattr(trim_pool, "train_run", spy)
     cfg = TrimConfig(budgets=(0.1,), seeds=(0, 1, 2), n_jobs=1, progress=False)
     res = run_trim_experiment(digits, {"det": noisy_truth}, FAST, cfg)
     assert len(calls) == 3 * 4 and res.info["n_trained"] == 12
@@ -150,7 +152,7 @@ def test_every_arm_trains_the_identical_recipe(
 
 
 def test_same_removal_same_seed_is_bit_identical(digits: LabeledData) -> None:
-    rd = trim._run_data(digits)
+    rd = trim_pool.run_data(digits)
     removed = random_removal(len(digits.train), 50, 7)
     a = trim.train_run(FAST, 3, removed, rd)
     b = trim.train_run(FAST, 3, removed, rd)
@@ -200,7 +202,7 @@ def test_experiment_chooses_on_validation_never_on_test(
     val_by_k = {0: 0.5, round(0.05 * n): 0.9, round(0.2 * n): 0.6}
     test_by_k = {0: 0.5, round(0.05 * n): 0.6, round(0.2 * n): 0.99}
 
-    def fake(recipe: Recipe, seed: int, removed: np.ndarray, data: trim._RunData) -> dict:
+    def fake(recipe: Recipe, seed: int, removed: np.ndarray, data: trim_pool.RunData) -> dict:
         k = len(removed)
         return {
             "val_accuracy": val_by_k.get(k, 0.1),
@@ -216,8 +218,8 @@ def test_experiment_chooses_on_validation_never_on_test(
         seen.append(val)
         return real_choose(val)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(trim, "train_run", fake)
-    monkeypatch.setattr(trim, "choose_budgets", spy_choose)
+    monkeypatch.setattr(trim_pool, "train_run", fake)
+    monkeypatch.setattr(trim_pipeline, "choose_budgets", spy_choose)
     cfg = TrimConfig(budgets=(0.05, 0.2), seeds=(0, 1, 2), n_jobs=1, progress=False)
     res = run_trim_experiment(digits, {"det": np.arange(n, dtype=float)}, FAST, cfg)
     assert len(seen) == 1 and isinstance(seen[0], ValidationRuns)
@@ -348,7 +350,7 @@ def test_killed_process_resumes(tmp_path: Path) -> None:
         for j in plan_jobs(len(d.train), {}, cfg)
         if (j.method, j.budget, j.seed) == (row["method"], row["budget"], row["seed"])
     )
-    direct = trim.train_run(recipe, job.seed, job.removed, trim._run_data(d))
+    direct = trim.train_run(recipe, job.seed, job.removed, trim_pool.run_data(d))
     assert direct["test_accuracy"] == row["test_accuracy"]
 
 
@@ -398,7 +400,7 @@ def test_best_val_recipe_reports_the_best_validation_epoch(digits: LabeledData) 
 
     recipe = Recipe(model="logreg", epochs=6, batch_size=64, select="best_val")
     removed = random_removal(len(digits.train), 30, 0)
-    got = trim.train_run(recipe, 2, removed, trim._run_data(digits))
+    got = trim.train_run(recipe, 2, removed, trim_pool.run_data(digits))
     # ground truth: the same training with a checkpoint recorder, best by validation accuracy
     torch.set_num_threads(1)
     keep = np.ones(len(digits.train), dtype=bool)

@@ -9,6 +9,7 @@ tuple of equally long arrays. The spec may name a module on ``sys.path`` or a fi
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import sys
@@ -21,7 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from gradsift.errors import GradsiftError
-from gradsift.task import ClassificationTask, Task
+from gradsift.task import ClassificationTask, Task, TrackSpec
 
 
 @dataclass
@@ -32,6 +33,12 @@ class UserSetup:
     dataset: Dataset | tuple[Any, ...]
     task: Task = field(default_factory=ClassificationTask)
     flipped: np.ndarray | None = None  # known corrupted indices, for evaluation only
+
+    def with_tracked(self, tracked: TrackSpec | None) -> UserSetup:
+        """This setup with its task tracking ``tracked`` (``None``: the task's own choice)."""
+        if tracked is None:
+            return self
+        return dataclasses.replace(self, task=self.task.with_tracked(tracked))
 
 
 def load_factory(spec: str) -> UserSetup:

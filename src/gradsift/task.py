@@ -12,6 +12,7 @@ adapters is a task whose ``forward`` calls ``model(**batch).logits`` and whose
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
@@ -24,6 +25,30 @@ from gradsift.errors import GradientError
 
 TrackSpec = Literal["last_linear", "all", "lora"] | Sequence[str]
 HeadLoss = Literal["softmax_ce", "bce"]
+
+#: Tracking keywords the built-in tasks understand (``head`` and ``auto``: the Hugging Face
+#: tasks of :mod:`gradsift.hf.tasks`); any other word names a module or parameter.
+TRACK_KEYWORDS: frozenset[str] = frozenset({"last_linear", "all", "lora", "head", "auto"})
+
+
+def parse_tracked(text: str) -> TrackSpec:
+    """A tracking spec from its command-line form (the one parser for ``--tracked``).
+
+    ``"all"`` (one of :data:`TRACK_KEYWORDS`) stays a keyword; anything else is a
+    comma-separated list of module or parameter names (``"fc1,fc2"`` → ``["fc1", "fc2"]``).
+
+    Raises:
+        ValueError: ``text`` names nothing, or mixes a keyword with names.
+    """
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ValueError(f"--tracked names no parameters: {text!r}")
+    keywords = [n for n in names if n in TRACK_KEYWORDS]
+    if keywords and len(names) > 1:
+        raise ValueError(
+            f"--tracked {text!r}: use the keyword {keywords[0]!r} alone, or names only"
+        )
+    return names[0] if keywords else names
 
 
 def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
@@ -121,6 +146,12 @@ class Task(ABC):
 
     def tracked_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
         return select_tracked(model, self.tracked)
+
+    def with_tracked(self, tracked: TrackSpec) -> Task:
+        """A copy of this task that tracks ``tracked`` (this task is left unchanged)."""
+        task = copy.copy(self)
+        task.tracked = tracked
+        return task
 
     def closed_form_exact(self) -> bool:
         """True when :meth:`loss` is this class's built-in loss (not overridden)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import typer
@@ -46,7 +45,6 @@ def demo(
     """Digits with flipped labels: train, run OGA with every detector, score against the known flips."""
     from gradsift.experiments.demo import run_demo
 
-    start = time.perf_counter()
     try:
         result = run_demo(
             noise=noise,
@@ -57,9 +55,8 @@ def demo(
         )
     except ValueError as err:
         fail(str(err))
-    result.timings["total"] = time.perf_counter() - start
     if report is not None:
-        from gradsift.report.sections import demo_report
+        from gradsift.report.pages import demo_report
 
         demo_report(result).save(report)
     if as_json:

@@ -36,9 +36,9 @@ def detect(
         "--model",
         help="Your own trained model and data: 'package.module:factory' or 'file.py:factory' returning (model, dataset[, task]).",
     ),
-    tracked: str = typer.Option(
-        "last_linear",
-        help="With --model: tracked parameters: last_linear, all, or comma-separated module names.",
+    tracked: str | None = typer.Option(
+        None,
+        help="With --model: tracked parameters: last_linear, all, lora, or comma-separated module names (default: the task's own).",
     ),
     detectors: str = typer.Option(
         "l2,l1,iforest,knn,lof,ecod,loss",
@@ -57,51 +57,51 @@ def detect(
     ),
 ) -> None:
     """Score every training row of your data; the highest scores are the likeliest mislabeled."""
+    from gradsift.config import parse_budget
     from gradsift.detect.oga import OGAConfig
+    from gradsift.experiments.detect_run import detect_file, detect_user_model
+    from gradsift.experiments.training import TrainConfig
+    from gradsift.task import parse_tracked
 
-    names = split_names(detectors)
-    budget_value: float | int = int(budget) if budget >= 1 else budget
-    config = OGAConfig(detectors=names, budget=budget_value, checkpoint=checkpoint, seed=seed)
     try:
+        config = OGAConfig(
+            detectors=split_names(detectors),
+            budget=parse_budget(budget),
+            checkpoint=checkpoint,
+            seed=seed,
+        )
         if model:
-            frame, info = _detect_user_model(model, tracked, config)
+            tracked_spec = parse_tracked(tracked) if tracked else None
+            run = detect_user_model(model, config, tracked_spec)
         elif data is not None:
-            frame, info = _detect_table(
-                data, label_column, x_key, y_key, classifier, hidden, epochs, lr, seed, config
-            )
+            train = TrainConfig(epochs=epochs, lr=lr, seed=seed)
+            run = detect_file(data, label_column, x_key, y_key, classifier, hidden, train, config)
         else:
             fail("give a data file (CSV/NPZ) or --model package.module:factory")
     except ValueError as err:
         fail(str(err))
-    frame.to_csv(output)
+    run.scores.to_csv(output)
     if report is not None:
-        from gradsift.report.sections import detect_report_for_cli
+        from gradsift.report.pages import detect_report
 
-        detect_report_for_cli(
-            frame,
-            names,
-            info,
-            data if not model else None,
-            label_column,
-            x_key,
-            y_key,
-            budget_value,
-        ).save(report)
-    primary = names[0]
-    ranked = frame.sort_values(f"{primary}_rank").head(top)
-    flagged = {n: int(frame[f"{n}_is_issue"].sum()) for n in names}
-    summary = {
-        **info,
-        "detectors": names,
-        "flagged": flagged,
-        "scores_csv": str(output),
-        "top": ranked.reset_index().to_dict(orient="records"),
-    }
+        detect_report(run).save(report)
+    names = run.detectors
+    ranked = run.most_suspicious(top)
+    flagged = run.flagged()
     if as_json:
-        emit_json(summary)
+        emit_json(
+            {
+                **run.info,
+                "detectors": names,
+                "flagged": flagged,
+                "scores_csv": str(output),
+                "top": ranked.reset_index().to_dict(orient="records"),
+            }
+        )
         return
+    primary = names[0]
     out.print(
-        f"[bold]{info['n']}[/] rows scored; flagged per detector at budget {budget_value}: {flagged}"
+        f"[bold]{run.info['n']}[/] rows scored; flagged per detector at budget {config.budget}: {flagged}"
     )
     table = Table(title=f"Most suspicious rows by {primary} (higher score = more suspicious)")
     for col in ("row", "label", "predicted", "score", *(f"{n} rank" for n in names[1:])):
@@ -110,7 +110,7 @@ def detect(
         ranks = [str(int(row[f"{n}_rank"])) for n in names[1:]]
         table.add_row(
             str(index),
-            str(row["label"]),
+            str(row.get("label", "")),
             str(row.get("predicted", "")),
             f"{row[f'{primary}_score']:.4g}",
             *ranks,
@@ -119,37 +119,3 @@ def detect(
     out.print(f"per-row scores, ranks and flags: [bold]{output}[/]")
     if report is not None:
         out.print(f"report: [bold]{report}[/]")
-
-
-def _detect_table(data, label_column, x_key, y_key, classifier, hidden, epochs, lr, seed, config):
-    from gradsift.experiments.tabular import detect_table, read_table
-    from gradsift.experiments.training import TrainConfig
-
-    if classifier not in ("logreg", "mlp"):
-        fail(f"--classifier must be logreg or mlp, got {classifier!r}")
-    table = read_table(data, label_column, x_key, y_key)
-    result = detect_table(
-        table, classifier, TrainConfig(epochs=epochs, lr=lr, seed=seed), config, hidden=(hidden,)
-    )
-    frame = result.oga.scores_frame()
-    names = table.class_names
-    frame.insert(0, "label", [names[v] for v in table.y] if names else table.y)
-    frame.insert(
-        1, "predicted", [names[v] for v in result.predicted] if names else result.predicted
-    )
-    return frame, {**result.info, "source": str(data)}
-
-
-def _detect_user_model(spec, tracked, config):
-    from gradsift.detect.oga import OutlierGradientAnalysis
-    from gradsift.factory import load_factory
-
-    setup = load_factory(spec)
-    if tracked not in ("last_linear", "all", "lora"):
-        setup.task.tracked = split_names(tracked)
-    elif tracked != "last_linear":
-        setup.task.tracked = tracked
-    setup.model.eval()
-    result = OutlierGradientAnalysis(setup.model, setup.task, config).run(setup.dataset)
-    frame = result.scores_frame()
-    return frame, {"n": len(frame), "source": spec, "checkpoint": "the model as given"}

@@ -43,7 +43,7 @@ def explain_command(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Explain test predictions by their most helpful and harmful training samples (HTML report with images and a train × test influence heatmap)."""
-    from gradsift.influence.explain import run_explain
+    from gradsift.experiments.explain_run import run_explain
 
     try:
         run = run_explain(

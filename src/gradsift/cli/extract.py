@@ -57,21 +57,21 @@ def extract_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Per-sample gradients into a sharded store. Run under torchrun to split the shards over processes and nodes."""
-    from gradsift.distributed.jobs import BuiltinModel, extract_command
+    from gradsift.distributed.jobs import run_extract
+    from gradsift.task import parse_tracked
 
-    builtin = (
-        BuiltinModel(
-            dataset, arch, str(checkpoint) if checkpoint else None, epochs, noise, seed, split
-        )
-        if dataset
-        else None
-    )
+    builtin = None
+    if dataset:  # the built-in data sets need scikit-learn: import only when asked for
+        from gradsift.experiments.pipeline import BuiltinModel
+
+        ckpt = str(checkpoint) if checkpoint else None
+        builtin = BuiltinModel(dataset, arch, ckpt, epochs, noise, seed, split)
     try:
-        summary = extract_command(
+        summary = run_extract(
             str(store),
             model=model,
             builtin=builtin,
-            tracked=tracked,
+            tracked=parse_tracked(tracked) if tracked else None,
             project_dim=project_dim,
             projection_kind=projection_kind,
             projection_seed=projection_seed,

@@ -44,16 +44,17 @@ def score_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Stream detector scores or pairwise top-k over a store in bounded memory; run under torchrun to split the rows."""
-    from gradsift.distributed.jobs import score_command
+    from gradsift.config import parse_budget
+    from gradsift.distributed.jobs import run_score
 
     try:
-        summary = score_command(
+        summary = run_score(
             str(store),
             out=str(out_path) if out_path else None,
             detector=detector,
             sample_size=sample_size,
             seed=seed,
-            budget=budget,
+            budget=parse_budget(budget),
             test=str(test) if test else None,
             k=k,
             metric=metric,

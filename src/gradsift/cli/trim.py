@@ -70,28 +70,48 @@ def trim(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Does removing the flagged samples help? Retrain against random removal, no trimming and the oracle."""
-    from gradsift.experiments.trimming import default_cache_dir, recipe_for, trim_command
+    import time
+
+    from gradsift.experiments.trimming import (
+        TrimConfig,
+        default_cache_dir,
+        recipe_for,
+        trim_dataset,
+    )
 
     try:
-        recipe = recipe_for(dataset, model, hidden, epochs, batch_size, lr)
-        run, summary = trim_command(
+        config = TrimConfig(
+            budgets=tuple(float(b) for b in split_names(budgets)),
+            seeds=tuple(int(s) for s in split_names(seeds)),
+            n_jobs=jobs,
+            cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
+        )
+        run = trim_dataset(
             dataset,
-            noise,
-            noise_kind,
-            n_train,
-            recipe,
-            split_names(detectors),
-            checkpoint,
-            [float(b) for b in split_names(budgets)],
-            [int(s) for s in split_names(seeds)],
-            seed,
-            jobs,
-            None if no_cache else (cache_dir or default_cache_dir()),
-            report,
-            runs_csv,
+            noise=noise,
+            noise_kind=noise_kind,  # type: ignore[arg-type]
+            seed=seed,
+            dataset_kwargs={} if n_train is None else {"n_train": n_train},
+            recipe=recipe_for(dataset, model, hidden, epochs, batch_size, lr),
+            detectors=split_names(detectors),
+            checkpoint=checkpoint,
+            config=config,
         )
     except ValueError as err:
         fail(str(err))
+    if report is not None:
+        from gradsift.report.pages import trim_report
+
+        t0 = time.perf_counter()
+        trim_report(run).save(report)
+        run.timings["report"] = time.perf_counter() - t0
+    if runs_csv is not None:
+        run.trim.runs.to_csv(runs_csv, index=False)
+    summary = {
+        **run.to_dict(),
+        "report": None if report is None else str(report),
+        "runs_csv": None if runs_csv is None else str(runs_csv),
+    }
     if as_json:
         emit_json(summary)
         return

@@ -1,6 +1,7 @@
-"""Logic of the ``gradsift extract`` and ``gradsift score`` commands (cli.py only parses).
+"""The Python API of ``gradsift extract`` and ``gradsift score``: :func:`run_extract`, :func:`run_score`.
 
-Both commands run unchanged as one process or under ``torchrun``::
+Both run unchanged as one process or under ``torchrun`` (the command modules in
+:mod:`gradsift.cli` only parse options and print)::
 
     gradsift extract runs/grads --dataset digits --checkpoint runs/mlp.pt
     torchrun --standalone --nproc-per-node 2 "$(which gradsift)" extract runs/grads \\
@@ -10,7 +11,8 @@ Both commands run unchanged as one process or under ``torchrun``::
 
 The model and data come from ``--model module:factory`` (see :mod:`gradsift.factory`;
 every rank calls the factory, which must be deterministic) or from a built-in data set
-with a zoo model (``--dataset digits --arch mlp``): rank 0 loads the weights from
+with a zoo model (``--dataset digits --arch mlp``, see
+:func:`gradsift.experiments.pipeline.builtin_setup`): rank 0 loads the weights from
 ``--checkpoint`` (or trains the model, seeded, and saves it there when the file does not
 exist yet) and broadcasts them, so every rank extracts with the same weights.
 """
@@ -18,14 +20,13 @@ exist yet) and broadcasts them, so every rank extracts with the same weights.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 
+from gradsift.detect.result import Budget
 from gradsift.distributed import process_group as D
 from gradsift.distributed.scoring import distributed_scores, distributed_topk, self_influence
 from gradsift.distributed.sharded_extract import sharded_extract
@@ -34,71 +35,36 @@ from gradsift.factory import UserSetup, load_factory
 from gradsift.grads.extract import ExtractConfig
 from gradsift.grads.projection import ProjectionConfig
 from gradsift.store.gradient_store import GradientStore
-from gradsift.task import ClassificationTask
+from gradsift.task import TrackSpec
 
-__all__ = ["BuiltinModel", "builtin_setup", "extract_command", "resolve_setup", "score_command"]
+if TYPE_CHECKING:
+    from gradsift.experiments.pipeline import BuiltinModel
 
-
-@dataclass(frozen=True)
-class BuiltinModel:
-    """A zoo model on a built-in data set; weights from ``checkpoint`` or seeded training."""
-
-    dataset: str = "digits"
-    arch: str = "mlp"
-    checkpoint: str | None = None
-    epochs: int = 30
-    noise: float = 0.0
-    seed: int = 0
-    split: str = "train"
+__all__ = ["resolve_setup", "run_extract", "run_score"]
 
 
-def builtin_setup(spec: BuiltinModel) -> UserSetup:
-    """Data set split ``spec.split`` and the trained zoo model (identical on every rank)."""
-    from gradsift.experiments.datasets import load_dataset  # scikit-learn: only for built-in data
-    from gradsift.experiments.models import build_model
+def resolve_setup(
+    model: str | None, builtin: BuiltinModel | None, tracked: TrackSpec | None = None
+) -> UserSetup:
+    """``--model module:factory`` or a built-in data set (exactly one of them).
 
-    if spec.split not in ("train", "val", "test"):
-        raise GradsiftError(f"--split must be train, val or test, got {spec.split!r}")
-    data = load_dataset(spec.dataset, noise=spec.noise, seed=spec.seed)
-    in_shape = tuple(data.train.X.shape[1:])
-    model = build_model(spec.arch, in_shape, data.n_classes, seed=spec.seed)
-    state = D.run_on_main(lambda: _weights(model, data, spec))
-    model.load_state_dict(state)
-    split = getattr(data, spec.split)
-    return UserSetup(model.eval(), (split.X, split.y), ClassificationTask(), split.flipped)
-
-
-def _weights(model: nn.Module, data: Any, spec: BuiltinModel) -> dict[str, torch.Tensor]:
-    from gradsift.experiments.training import TrainConfig, train_classifier
-
-    path = Path(spec.checkpoint) if spec.checkpoint else None
-    if path is not None and path.exists():
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        return payload["state"] if "state" in payload else payload
-    config = TrainConfig(epochs=spec.epochs, seed=spec.seed)
-    train_classifier(model, data.train.X, data.train.y, config, progress=False)
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
-    return state
-
-
-def resolve_setup(model: str | None, builtin: BuiltinModel | None) -> UserSetup:
-    """``--model module:factory`` or a built-in data set (exactly one of them)."""
+    ``tracked`` overrides the task's tracked parameters (``None``: the task's own choice).
+    """
     if (model is None) == (builtin is None):
         raise GradsiftError("give exactly one of --model module:factory and --dataset NAME")
-    return load_factory(model) if model is not None else builtin_setup(builtin)  # type: ignore[arg-type]
+    if model is not None:
+        return load_factory(model).with_tracked(tracked)
+    from gradsift.experiments.pipeline import builtin_setup  # scikit-learn: built-in data only
+
+    return builtin_setup(builtin, tracked)  # type: ignore[arg-type]
 
 
-def extract_command(
+def run_extract(
     out: str,
     *,
     model: str | None = None,
     builtin: BuiltinModel | None = None,
-    tracked: str | None = None,
+    tracked: TrackSpec | None = None,
     project_dim: int = 0,
     projection_kind: str = "rademacher",
     projection_seed: int = 0,
@@ -112,19 +78,16 @@ def extract_command(
 ) -> dict[str, Any]:
     """Run a (possibly distributed) extraction into ``out``; returns a JSON summary.
 
+    Give exactly one of ``model`` (``'pkg.module:factory'``) and ``builtin``. ``tracked``
+    (e.g. ``"all"`` or ``["fc1", "fc2"]``, see :func:`gradsift.task.parse_tracked`)
+    overrides the task's tracked parameters.
+
     ``device="auto"`` puts the model on ``cuda:LOCAL_RANK`` when the process group uses
     nccl (one GPU per rank) or a single process has CUDA, and on the CPU otherwise.
     """
     with D.distributed_session() as ctx:
-        setup = resolve_setup(model, builtin)
+        setup = resolve_setup(model, builtin, tracked)
         setup.model.to(_device(device, ctx))
-        if tracked:
-            names = [t.strip() for t in tracked.split(",") if t.strip()]
-            setup.task.tracked = (
-                names[0]
-                if len(names) == 1 and names[0] in ("last_linear", "all", "lora")
-                else names
-            )
         config = ExtractConfig(
             projection=ProjectionConfig(project_dim, projection_kind, projection_seed)  # type: ignore[arg-type]
             if project_dim
@@ -164,14 +127,14 @@ def _device(device: str, ctx: D.DistInfo) -> torch.device:
     return torch.device("cpu")
 
 
-def score_command(
+def run_score(
     store: str,
     *,
     out: str | None = None,
     detector: str = "l2",
     sample_size: int = 10_000,
     seed: int = 0,
-    budget: float = 0.1,
+    budget: Budget = 0.1,
     test: str | None = None,
     k: int = 10,
     metric: str = "dot",
@@ -179,6 +142,8 @@ def score_command(
     block_rows: int | None = None,
 ) -> dict[str, Any]:
     """Detection scores (``--detector``) or, with ``--test``, pairwise top-k of a store.
+
+    ``budget``: flagged fraction (float < 1) or count (int) in the CSV's ``is_issue``.
 
     Rank 0 writes ``out``: ``.csv`` (index, score, rank, is_issue, detector) or ``.npy``
     (float64 scores) for detectors; ``.npz`` (``helpful_values``, ``helpful_indices``,
@@ -253,7 +218,7 @@ def _detect(
     detector: str,
     sample_size: int,
     seed: int,
-    budget: float,
+    budget: Budget,
     preconditioner: str | None,
     block_rows: int | None,
     out: str | None,
@@ -274,9 +239,7 @@ def _detect(
             grads, detector, sample_size=sample_size, seed=seed, block_rows=block_rows
         )
         settings = {**info["detector"], "fit_sample": info.get("fit_sample")}
-    result = DetectionResult(
-        scores, settings["name"], settings, budget if budget < 1 else int(budget)
-    )
+    result = DetectionResult(scores, settings["name"], settings, budget)
     target = out or "scores.csv"
     if main:
         if target.endswith(".npy"):

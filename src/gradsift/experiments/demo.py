@@ -13,21 +13,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gradsift.checkpoints import CheckpointRecorder
 from gradsift.config import DEFAULT_DETECTORS
 from gradsift.detect.metrics import detection_metrics
-from gradsift.detect.oga import OGAConfig, OGAResult, OutlierGradientAnalysis
-from gradsift.experiments.datasets import LabeledData, load_digits
-from gradsift.experiments.models import mlp
-from gradsift.experiments.training import TrainConfig, accuracy, train_classifier
-from gradsift.task import ClassificationTask
+from gradsift.detect.oga import OGAConfig, OGAResult
+from gradsift.experiments.datasets import LabeledData
+from gradsift.experiments.pipeline import load_and_build, train_and_rank
+from gradsift.experiments.training import TrainConfig, accuracy
 
 CHECKPOINT_MODES = ("best", "final", "ensemble")
 
 
 @dataclass
 class DemoResult:
-    """Rows of (checkpoint mode, detector, metrics, seconds) and per-step timings."""
+    """Rows of (checkpoint mode, detector, metrics, seconds) and per-step timings.
+
+    Attributes:
+        rows: one per (checkpoint mode, detector): ``checkpoint``, ``epochs`` (the
+            checkpoints used), ``detector``, the :func:`~gradsift.detect.metrics.detection_metrics`
+            against the known flips, and ``seconds``.
+        timings: seconds per step (``load + train``, ``gradients (<mode>)``, ``total``).
+        info: sizes, epochs, best epoch and accuracies of the trained model.
+        data: the data set (digits with the flipped training labels).
+        runs: ``{mode: OGAResult}``.
+    """
 
     rows: list[dict[str, Any]]
     timings: dict[str, float]
@@ -45,33 +53,29 @@ def run_demo(
     budget: float = 0.2,
 ) -> DemoResult:
     """Run the demo end to end; every step is seeded, so reruns give the same table."""
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    data = load_digits(noise=noise, seed=seed)
-    model = mlp(data.n_features, data.n_classes, hidden=(256,), seed=seed)
-    recorder = CheckpointRecorder(every=1)
-    config = TrainConfig(epochs=epochs, batch_size=32, lr=1e-3, seed=seed)
-    train_classifier(
-        model, data.train.X, data.train.y, config, val=(data.val.X, data.val.y), recorder=recorder
+    start = time.perf_counter()
+    data, model = load_and_build(
+        "digits", "mlp", seed, noise=noise, model_kwargs={"hidden": (256,)}
     )
-    timings["load + train"] = time.perf_counter() - t0
+    loaded = time.perf_counter() - start
+    config = TrainConfig(epochs=epochs, batch_size=32, lr=1e-3, seed=seed)
+    oga = {
+        mode: OGAConfig(detectors=detectors, checkpoint=mode, budget=budget, seed=seed)
+        for mode in modes
+    }
+    train = (data.train.X, data.train.y)
+    run = train_and_rank(model, train, config, oga, val=(data.val.X, data.val.y))
+    timings = {"load + train": loaded + run.timings["train"]}
     info = {
         "n_train": len(data.train),
         "n_flipped": len(data.train.flipped),
         "epochs": epochs,
-        "best_epoch": recorder.best().epoch,
-        "train_accuracy_on_noisy_labels": accuracy(model, data.train.X, data.train.y),
+        "best_epoch": run.recorder.best().epoch,
+        "train_accuracy_on_noisy_labels": accuracy(model, *train),
         "test_accuracy": accuracy(model, data.test.X, data.test.y),
     }
-    rows, runs = [], {}
-    for mode in modes:
-        oga = OutlierGradientAnalysis(
-            model,
-            ClassificationTask(),
-            OGAConfig(detectors=detectors, checkpoint=mode, budget=budget, seed=seed),
-        )
-        out = oga.run((data.train.X, data.train.y), recorder)
-        runs[mode] = out
+    rows = []
+    for mode, out in run.oga.items():
         timings[f"gradients ({mode})"] = out.timings["gradients"]
         epochs_used = [c["epoch"] for c in out.checkpoints]
         for name, result in out.results.items():
@@ -85,4 +89,5 @@ def run_demo(
                     "seconds": out.timings[name],
                 }
             )
-    return DemoResult(rows, timings, info, data, runs)
+    timings["total"] = time.perf_counter() - start
+    return DemoResult(rows, timings, info, data, run.oga)

@@ -14,25 +14,29 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from gradsift.checkpoints import CheckpointRecorder
-from gradsift.detect.oga import OGAConfig, OGAResult, OutlierGradientAnalysis
+from gradsift.detect.oga import OGAConfig, OGAResult
 from gradsift.errors import GradsiftError
 from gradsift.experiments.datasets import from_arrays
 from gradsift.experiments.models import logistic_regression, mlp
+from gradsift.experiments.pipeline import train_and_rank
 from gradsift.experiments.training import TrainConfig, predict_proba, train_classifier
-from gradsift.task import ClassificationTask
 
 Classifier = Literal["logreg", "mlp"]
 
 
 @dataclass
 class Table:
-    """Features ``X`` float32 ``[n, d]``, integer labels ``y`` ``[n]`` and their names."""
+    """Features ``X`` float32 ``[n, d]``, integer labels ``y`` ``[n]`` and their names.
+
+    ``image_shape`` is the per-row shape (``[H, W]`` or ``[C, H, W]``) when the file held
+    images (an NPZ array with 3 or 4 dimensions); ``X`` holds them flattened.
+    """
 
     X: np.ndarray
     y: np.ndarray
     feature_names: list[str]
     class_names: list[str] | None = None
+    image_shape: tuple[int, ...] | None = None
 
 
 def read_table(
@@ -50,9 +54,11 @@ def read_table(
                     f"{path} has no arrays {missing}; it holds {list(npz.keys())} (use --x-key/--y-key)"
                 )
             X, y = npz[x_key], npz[y_key]
+        image_shape = tuple(X.shape[1:]) if X.ndim in (3, 4) else None
         X = X.reshape(len(X), -1)
         names = [f"x{i}" for i in range(X.shape[1])]
     else:
+        image_shape = None
         frame = pd.read_csv(path)
         if label_column not in frame.columns:
             raise GradsiftError(
@@ -75,7 +81,8 @@ def read_table(
         rows = np.flatnonzero(~np.isfinite(X).all(axis=1))
         raise GradsiftError(f"missing or non-finite feature values in rows {rows[:10].tolist()}")
     data = from_arrays(X, y, val_fraction=0.0)  # label checks and string-label encoding
-    return Table(X.astype(np.float32), _encode(y, data.class_names), names, data.class_names)
+    y = _encode(y, data.class_names)
+    return Table(X.astype(np.float32), y, names, data.class_names, image_shape)
 
 
 def _encode(y: np.ndarray, class_names: list[str] | None) -> np.ndarray:
@@ -90,7 +97,7 @@ def standardized(table: Table) -> Table:
     prices next to ratios would otherwise dominate both training and the gradients."""
     mean, std = table.X.mean(axis=0), table.X.std(axis=0)
     X = ((table.X - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
-    return Table(X, table.y, table.feature_names, table.class_names)
+    return Table(X, table.y, table.feature_names, table.class_names, table.image_shape)
 
 
 @dataclass
@@ -112,6 +119,8 @@ def detect_table(
 ) -> TabularDetection:
     """Standardise features, choose the epoch on a validation split, retrain on all rows,
     score every row."""
+    if classifier not in ("logreg", "mlp"):
+        raise GradsiftError(f"classifier must be logreg or mlp, got {classifier!r}")
     train = train or TrainConfig(epochs=50, seed=0)
     table = standardized(table)
     oga = oga or OGAConfig()
@@ -129,14 +138,11 @@ def detect_table(
         build(), split.train.X, split.train.y, train, val=(split.val.X, split.val.y)
     )
     best_epoch = int(np.argmax(history.val_accuracy)) + 1
-    model, recorder = build(), CheckpointRecorder(every=1)
     final = TrainConfig(**{**train.__dict__, "epochs": best_epoch})
-    train_classifier(model, table.X, table.y, final, recorder=recorder)
     checkpoint = "final" if oga.checkpoint == "best" else oga.checkpoint
     config = OGAConfig(**{**oga.__dict__, "checkpoint": checkpoint})
-    result = OutlierGradientAnalysis(model, ClassificationTask(), config).run(
-        (table.X, table.y), recorder
-    )
+    run = train_and_rank(build(), (table.X, table.y), final, {"rows": config})
+    model, result = run.model, run.oga["rows"]
     predicted = predict_proba(model, table.X).argmax(axis=1)
     info = {
         "n": len(table.y),

@@ -9,7 +9,9 @@
 
 Modules: :mod:`~gradsift.report.html` (the builder), :mod:`~gradsift.report.plots`
 (figures), :mod:`~gradsift.report.gallery` (samples as images / table rows / text),
-:mod:`~gradsift.report.sections` (ready-made detection and trimming sections).
+:mod:`~gradsift.report.detection` and :mod:`~gradsift.report.trimming` (ready-made
+sections), :mod:`~gradsift.report.pages` (the page of each command, built from the result
+object the library returned).
 """
 
 from gradsift.report.gallery import GalleryItem, SampleView, render_sample, sample_items

@@ -101,6 +101,21 @@ class SampleView:
             class_names=data.class_names,
         )
 
+    @classmethod
+    def from_table(cls, table: Any) -> SampleView:
+        """From a :class:`~gradsift.experiments.tabular.Table` as read from its file: images
+        (an NPZ array ``[n, H, W]`` / ``[n, C, H, W]``) or table rows with column names."""
+        if table.image_shape is not None:
+            X = table.X.reshape(len(table.X), *table.image_shape)
+            return cls(X=X, y=table.y, kind="image", class_names=table.class_names)
+        return cls(
+            X=table.X,
+            y=table.y,
+            kind="tabular",
+            feature_names=table.feature_names,
+            class_names=table.class_names,
+        )
+
 
 def _as_image(x: np.ndarray, image_shape: tuple[int, ...] | None) -> np.ndarray:
     """``x`` as ``[H, W]`` (grey) or ``[H, W, 3|4]`` (colour), float64."""

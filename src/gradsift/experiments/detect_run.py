@@ -1,0 +1,99 @@
+"""What ``gradsift detect`` does, as library calls: score every row of a file or of your model.
+
+:func:`detect_file` reads a CSV / NPZ table, trains a classifier on it and scores every row
+(:func:`~gradsift.experiments.tabular.detect_table`); :func:`detect_user_model` loads your
+trained model and data from a factory (:mod:`gradsift.factory`) and scores them as given.
+Both return a :class:`DetectRun`, which :func:`gradsift.report.pages.detect_report` renders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gradsift.detect.oga import OGAConfig, OGAResult, OutlierGradientAnalysis
+from gradsift.experiments.tabular import Classifier, Table, detect_table, read_table
+from gradsift.experiments.training import TrainConfig
+from gradsift.factory import load_factory
+from gradsift.task import TrackSpec
+
+__all__ = ["DetectRun", "detect_file", "detect_user_model"]
+
+
+@dataclass
+class DetectRun:
+    """Per-row detection scores and what they were computed from.
+
+    Attributes:
+        oga: ``{detector: DetectionResult}`` (higher score = more suspicious) in the order
+            the detectors were given, plus the checkpoints used and timings.
+        scores: one row per training row (index ``index`` = row number): for a file,
+            ``label`` and ``predicted`` (in the file's label names); then per detector
+            ``<name>_score``, ``<name>_rank`` (1 = most suspicious), ``<name>_is_issue``.
+        info: facts about the run (``n`` rows, ``source``, ...).
+        table: the rows as read from the file (``None`` for a user model).
+        predicted: int ``[n]`` predictions of the trained classifier (file only).
+    """
+
+    oga: OGAResult
+    scores: pd.DataFrame
+    info: dict[str, Any] = field(default_factory=dict)
+    table: Table | None = None
+    predicted: np.ndarray | None = None
+
+    @property
+    def detectors(self) -> list[str]:
+        """Detector names; the first one ranks :meth:`most_suspicious`."""
+        return list(self.oga.results)
+
+    def flagged(self) -> dict[str, int]:
+        """Number of rows each detector flags at its budget."""
+        return {name: int(r.is_issue.sum()) for name, r in self.oga.results.items()}
+
+    def most_suspicious(self, top: int) -> pd.DataFrame:
+        """The ``top`` rows of :attr:`scores` ranked most suspicious by the first detector."""
+        return self.scores.sort_values(f"{self.detectors[0]}_rank").head(top)
+
+
+def detect_file(
+    path: str | Path,
+    label_column: str = "label",
+    x_key: str = "X",
+    y_key: str = "y",
+    classifier: Classifier = "mlp",
+    hidden: int = 128,
+    train: TrainConfig | None = None,
+    oga: OGAConfig | None = None,
+) -> DetectRun:
+    """Read a CSV (numeric features + ``label_column``) or NPZ (``x_key``, ``y_key``) and
+    score every row (see :func:`~gradsift.experiments.tabular.detect_table`)."""
+    table = read_table(path, label_column, x_key, y_key)
+    result = detect_table(table, classifier, train, oga, hidden=(hidden,))
+    frame = result.oga.scores_frame()
+    names = table.class_names
+    frame.insert(0, "label", [names[v] for v in table.y] if names else table.y)
+    frame.insert(
+        1, "predicted", [names[v] for v in result.predicted] if names else result.predicted
+    )
+    info = {**result.info, "source": str(path)}
+    return DetectRun(result.oga, frame, info, table, result.predicted)
+
+
+def detect_user_model(
+    spec: str, oga: OGAConfig | None = None, tracked: TrackSpec | None = None
+) -> DetectRun:
+    """Score your trained model's training data (``spec``: ``'pkg.module:factory'`` or
+    ``'file.py:factory'``, see :func:`gradsift.factory.load_factory`) with the model as given.
+
+    ``tracked`` overrides the task's tracked parameters (``None``: the task's own).
+    """
+    setup = load_factory(spec).with_tracked(tracked)
+    setup.model.eval()
+    result = OutlierGradientAnalysis(setup.model, setup.task, oga).run(setup.dataset)
+    frame = result.scores_frame()
+    info = {"n": len(frame), "source": spec, "checkpoint": "the model as given"}
+    return DetectRun(result, frame, info)
