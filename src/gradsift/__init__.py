@@ -47,6 +47,7 @@ _EXPORTS: dict[str, str] = {
     "GradientStore": "gradsift.store.gradient_store",
     # detection
     "Detector": "gradsift.detect.base",
+    "DetectionContext": "gradsift.detect.context",
     "get_detector": "gradsift.detect.registry",
     "available_detectors": "gradsift.detect.registry",
     "OGAConfig": "gradsift.detect.oga",
@@ -85,6 +86,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names resolve l
     from gradsift.checkpoints import Checkpoint, CheckpointRecorder  # noqa: F401
     from gradsift.config import DEFAULT_DAMPING  # noqa: F401
     from gradsift.detect.base import Detector  # noqa: F401
+    from gradsift.detect.context import DetectionContext  # noqa: F401
     from gradsift.detect.metrics import detection_metrics  # noqa: F401
     from gradsift.detect.oga import OGAConfig, OGAResult, OutlierGradientAnalysis  # noqa: F401
     from gradsift.detect.registry import available_detectors, get_detector  # noqa: F401
