@@ -111,19 +111,8 @@ def distributed_topk(
 
 
 def sample_rows(store: GradientStore, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded uniform sample without replacement: ``(rows int64 [s], X [s, D])``,
-    ``s = min(size, n)``, rows sorted, read shard by shard (only the sampled rows)."""
-    if size < 1:
-        raise GradsiftError(f"sample size must be >= 1, got {size}")
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(store.n_rows, min(size, store.n_rows), replace=False))
-    parts = []
-    for shard in range(store.n_shards):
-        start, stop = store.shard_range(shard)
-        local = rows[(rows >= start) & (rows < stop)] - start
-        if len(local):
-            parts.append(np.asarray(store.read_shard(shard)[local]))
-    return rows.astype(np.int64), np.concatenate(parts)
+    """:meth:`GradientStore.sample_rows` (kept here: the sample fitted detectors use)."""
+    return store.sample_rows(size, seed)
 
 
 def distributed_scores(

@@ -17,7 +17,9 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["DEFAULT_ASYMMETRIC_MAP", "flip_labels"]
+from gradsift.experiments.labels import as_integer_labels
+
+__all__ = ["DEFAULT_ASYMMETRIC_MAP", "flip_labels", "noisy_train_labels"]
 
 #: Class-pair map for digit-like data (visually similar digits): 7→1, 2→7, 5→6, 3→8.
 DEFAULT_ASYMMETRIC_MAP: dict[int, int] = {7: 1, 2: 7, 5: 6, 3: 8}
@@ -31,15 +33,7 @@ def _validate_labels(y: np.ndarray, n_classes: int) -> np.ndarray:
         raise ValueError("y is empty: cannot inject label noise into zero samples")
     if not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
         raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
-    if not np.issubdtype(y.dtype, np.integer):
-        if (
-            np.issubdtype(y.dtype, np.floating)
-            and np.all(np.isfinite(y))
-            and np.all(y == np.round(y))
-        ):
-            y = y.astype(np.int64)
-        else:
-            raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+    y = as_integer_labels(y)
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi >= n_classes:
         raise ValueError(f"labels must lie in [0, {n_classes}), found values in [{lo}, {hi}]")
@@ -119,3 +113,22 @@ def flip_labels(
         return y_noisy, idx.astype(np.int64)
 
     raise ValueError(f"unknown noise kind {kind!r}; expected 'symmetric' or 'asymmetric'")
+
+
+def noisy_train_labels(
+    y: np.ndarray,
+    n_classes: int,
+    noise: float,
+    kind: Literal["symmetric", "asymmetric"] = "symmetric",
+    mapping: dict[int, int] | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """The training labels a data-set loader hands out: ``y`` with ``noise`` of them flipped
+    (:func:`flip_labels`; the class-pair ``mapping`` applies to asymmetric noise only), or a
+    copy of ``y`` when ``noise == 0``. ``noise`` must lie in ``[0, 1)``."""
+    if not (0.0 <= noise < 1.0):
+        raise ValueError(f"noise must lie in [0, 1), got {noise}")
+    if noise == 0:
+        return np.asarray(y).copy()
+    pairs = mapping if kind == "asymmetric" else None
+    return flip_labels(y, n_classes, noise, kind=kind, mapping=pairs, seed=seed)[0]

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradsift.checkpoints import CheckpointRecorder
+from gradsift.experiments.labels import as_integer_labels
 from gradsift.progress import track
 
 __all__ = [
@@ -117,15 +118,7 @@ def _check_y(y: np.ndarray, n: int, n_out: int, binary: bool, name: str = "y") -
     y = np.asarray(y)
     if y.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},) to match the features, got {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        if (
-            np.issubdtype(y.dtype, np.floating)
-            and np.all(np.isfinite(y))
-            and np.all(y == np.round(y))
-        ):
-            y = y.astype(np.int64)
-        else:
-            raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    y = as_integer_labels(y, name)
     n_cls = 2 if binary else n_out
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi >= n_cls:

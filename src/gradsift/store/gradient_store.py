@@ -267,6 +267,21 @@ class GradientStore:
         for shard in range(self.n_shards):
             yield from self.shard_blocks(shard, block_rows)
 
+    def sample_rows(self, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """A seeded uniform sample without replacement: ``(rows int64 [s], X [s, D])``,
+        ``s = min(size, n)``, rows sorted, read shard by shard (only the sampled rows)."""
+        if size < 1:
+            raise StoreError(f"sample size must be >= 1, got {size}")
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(self.n_rows, min(size, self.n_rows), replace=False))
+        parts = []
+        for shard in range(self.n_shards):
+            start, stop = self.shard_range(shard)
+            local = rows[(rows >= start) & (rows < stop)] - start
+            if len(local):
+                parts.append(np.asarray(self.read_shard(shard)[local]))
+        return rows.astype(np.int64), np.concatenate(parts)
+
     def load(self) -> np.ndarray:
         """The whole gradient matrix ``[n_rows, dim]`` in memory (small stores only).
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from gradsift.errors import GradsiftError
 from gradsift.experiments.datasets.splits import LabeledData, Split, _cut
-from gradsift.experiments.noise import flip_labels
+from gradsift.experiments.noise import noisy_train_labels
 
 __all__ = ["MNIST_DISTRIBUTION", "MNIST_VERSION", "load_mnist", "mnist_path"]
 
@@ -172,17 +172,7 @@ def load_mnist(
         mean, std = 0.0, 1.0
 
     y_train = ytr[tr]
-    if noise > 0:
-        y_noisy, _ = flip_labels(
-            y_train,
-            10,
-            noise,
-            kind=noise_kind,
-            mapping=mapping if noise_kind == "asymmetric" else None,
-            seed=seed,
-        )
-    else:
-        y_noisy = y_train.copy()
+    y_noisy = noisy_train_labels(y_train, 10, noise, noise_kind, mapping, seed)
 
     def mk(part: str, y_given: np.ndarray, y_true: np.ndarray) -> Split:
         X_raw = raw[part]

@@ -17,7 +17,7 @@ from gradsift.experiments.datasets.splits import (
     _cut,
     _three_way_split,
 )
-from gradsift.experiments.noise import flip_labels
+from gradsift.experiments.noise import noisy_train_labels
 
 __all__ = ["load_digits", "load_half_moons"]
 
@@ -67,19 +67,7 @@ def load_digits(
             return a.astype(np.float32, copy=True)
 
     y_train = y_all[tr]
-    if noise > 0:
-        y_noisy, _ = flip_labels(
-            y_train,
-            10,
-            noise,
-            kind=noise_kind,
-            mapping=mapping if noise_kind == "asymmetric" else None,
-            seed=seed,
-        )
-    else:
-        if not (0.0 <= noise < 1.0):
-            raise ValueError(f"noise must lie in [0, 1), got {noise}")
-        y_noisy = y_train.copy()
+    y_noisy = noisy_train_labels(y_train, 10, noise, noise_kind, mapping, seed)
 
     def mk(ix: np.ndarray, y_given: np.ndarray) -> Split:
         return Split(X=tf(X_all[ix]), y=y_given, y_clean=y_all[ix], X_raw=X_all[ix].copy())

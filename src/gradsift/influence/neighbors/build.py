@@ -49,7 +49,7 @@ def build_index(
     """
     if isinstance(source, GradientStore):
         if config.backend == "ivf" and sample is None:
-            sample = _store_sample(source, config.train_size, config.seed)
+            sample = source.sample_rows(config.train_size, config.seed)[1].astype(np.float32)
         blocks: Iterator[tuple[int | None, np.ndarray]] = iter(
             source.iter_blocks(config.block_rows)
         )
@@ -111,16 +111,3 @@ def _buffer_rows(
         if seen >= rows:
             break
     return buffered, blocks
-
-
-def _store_sample(store: GradientStore, size: int, seed: int) -> np.ndarray:
-    """A seeded random sample of ``size`` rows of ``store`` (sorted, read shard by shard)."""
-    rng = np.random.default_rng(seed)
-    take = np.sort(rng.choice(store.n_rows, min(size, store.n_rows), replace=False))
-    parts = []
-    for shard in range(store.n_shards):
-        start, stop = store.shard_range(shard)
-        mine = take[(take >= start) & (take < stop)] - start
-        if len(mine):
-            parts.append(np.asarray(store.read_shard(shard)[mine], dtype=np.float32))
-    return np.concatenate(parts)
