@@ -6,9 +6,12 @@
   implements it from per-part products.
 - :mod:`.hessian`: :class:`HessianOperator` (the training-loss Hessian, products via
   ``torch.func``); :mod:`.fisher`: :class:`GradientFisherOperator` (the empirical Fisher
-  of stored gradients).
+  of stored gradients); :mod:`.ggn`: :class:`GGNOperator` (the generalised Gauss–Newton
+  ``(1/n) Σ J_iᵀ H_out J_i``); :mod:`.kfac`: :class:`KFACOperator` (K-FAC / EK-FAC) and
+  :class:`KFACSolver` / :class:`EKFACSolver`, its exact damped inverse.
 - :mod:`.solvers`: :class:`InverseHVP` operators ``solve(V [m, D]) → (C + λI)⁻¹ V`` on any
-  curvature operator — identity, exact, CG, LiSSA, DataInf.
+  curvature operator — identity, exact, CG, LiSSA, DataInf (and ``kfac`` / ``ekfac``,
+  registered by :mod:`.kfac`).
 - :mod:`.scores`: :class:`InfluenceScorer` — pairwise scores, streamed top-k (helpful and
   harmful) and self-influence for ``dot``, ``cosine``, ``tracin``, ``if-exact``, ``if-cg``,
   ``if-lissa``, ``datainf``. Positive = helpful.
@@ -29,7 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 from gradsift.influence.curvature import CurvatureBase, CurvatureOperator
 from gradsift.influence.fisher import GradientFisherOperator
+from gradsift.influence.ggn import GGNOperator
 from gradsift.influence.hessian import BatchSource, HessianOperator
+from gradsift.influence.kfac import EKFACSolver, KFACOperator, KFACSolver, fit_kfac_factors
 from gradsift.influence.scores import METHODS, InfluenceMethod, InfluenceScorer, TopKInfluence
 from gradsift.influence.solvers import (
     SOLVERS,
@@ -69,16 +74,21 @@ __all__ = [
     "CurvatureBase",
     "CurvatureOperator",
     "DataInfSolver",
+    "EKFACSolver",
     "ExactSolver",
+    "GGNOperator",
     "GradientFisherOperator",
     "HessianOperator",
     "IdentitySolver",
     "InfluenceMethod",
     "InfluenceScorer",
     "InverseHVP",
+    "KFACOperator",
+    "KFACSolver",
     "LiSSASolver",
     "SolverDiagnostics",
     "TopKInfluence",
+    "fit_kfac_factors",
     "make_solver",
     *_LAZY,
 ]

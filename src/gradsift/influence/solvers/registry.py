@@ -14,7 +14,8 @@ from gradsift.influence.solvers.lissa import LiSSASolver
 
 __all__ = ["SOLVERS", "make_solver"]
 
-#: Solver classes by name.
+#: Solver classes by name (``kfac`` and ``ekfac`` are added by
+#: :mod:`gradsift.influence.kfac.solver`, imported with :mod:`gradsift.influence`).
 SOLVERS: dict[str, type[InverseHVP]] = {
     "identity": IdentitySolver,
     "exact": ExactSolver,
