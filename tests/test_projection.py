@@ -74,3 +74,18 @@ def test_bad_settings():
         Projector(blocks(), ProjectionConfig(dim=8, kind="fourier"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="expected gradients"):
         Projector(blocks(), ProjectionConfig(dim=8)).project(torch.zeros(2, 10))
+
+
+def test_kronecker_kind_is_not_a_flat_projection_and_dense_manifest_unchanged():
+    with pytest.raises(ValueError, match="FactoredProjector"):
+        Projector(blocks(), ProjectionConfig(dim=8, kind="kronecker"))
+    with pytest.raises(ValueError, match="dim_out"):
+        Projector(blocks(), ProjectionConfig(dim=8, kind="gaussian", dim_out=4))
+    assert ProjectionConfig(dim=8, kind="sparse", seed=3).to_dict() == {
+        "dim": 8,
+        "kind": "sparse",
+        "seed": 3,
+    }
+    kron = ProjectionConfig(dim=8, kind="kronecker", seed=3)
+    assert kron.to_dict() == {"dim": 8, "kind": "kronecker", "seed": 3, "dim_out": None}
+    assert ProjectionConfig(**kron.to_dict()) == kron

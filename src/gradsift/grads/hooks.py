@@ -7,10 +7,12 @@ gradient of sample *i*'s own loss is
 
 One forward pass records every ``x`` of the tracked linear modules; one backward pass of
 ``Σ_i ℓ_i`` records every ``δ`` (row *i* of it is ``∂ℓ_i/∂y_i`` because rows do not
-interact in eval mode). The cost is about one training step, against B separate passes
-for a per-sample loop; it also runs where ``torch.func.vmap`` cannot. LoRA adapters
-(peft's ``lora_A``/``lora_B`` are ``nn.Linear``), classifier heads and projection
-layers qualify; embeddings, norms or tied weights do not (use ``vmap`` or the loop).
+interact in eval mode); the capture is :mod:`gradsift.grads.capture`. The cost is about
+one training step, against B separate passes for a per-sample loop; it also runs where
+``torch.func.vmap`` cannot. LoRA adapters (peft's ``lora_A``/``lora_B`` are
+``nn.Linear``), classifier heads and projection layers qualify; embeddings, norms or tied
+weights do not (use ``vmap`` or the loop). To project without ever forming the
+per-sample gradient, see :mod:`gradsift.grads.kronecker`.
 
 Checks, so that a wrong answer cannot pass silently:
 
@@ -27,7 +29,6 @@ samples); the sum check cannot detect models that mix rows of a batch.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,77 +37,24 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 
 from gradsift.errors import GradientError, GradsiftError
-from gradsift.grads.layout import Block, batch_size_of, check_eval_mode, slice_batch
+from gradsift.grads.capture import (
+    LayerCapture,
+    captured_backward,
+    check_chunk_size,
+    check_sum,
+    chunked,
+    finite_rows,
+    tracked_layers,
+)
+from gradsift.grads.kronecker import FactoredProjector
+from gradsift.grads.layout import Block, batch_size_of, check_eval_mode, layout_of
 from gradsift.grads.projection import ProjectionConfig, Projector
 from gradsift.progress import track
 from gradsift.task import Task
 
-__all__ = ["LinearHookGradients", "hook_gradients", "linear_targets"]
+__all__ = ["LinearHookGradients", "hook_gradients"]
 
-
-@dataclass(frozen=True)
-class _Target:
-    name: str  # parameter name
-    module_name: str
-    kind: str  # "weight" | "bias"
-
-
-def linear_targets(model: nn.Module, params: dict[str, nn.Parameter]) -> list[_Target]:
-    """Map each tracked parameter to its ``nn.Linear`` module; ``GradientError`` if one is
-    not a linear weight or bias."""
-    targets = []
-    for name, p in params.items():
-        module_name, _, kind = name.rpartition(".")
-        try:
-            module = model.get_submodule(module_name)
-        except AttributeError:
-            module = None
-        if not isinstance(module, nn.Linear) or kind not in ("weight", "bias"):
-            raise GradientError(
-                f"tracked parameter {name!r} is not the weight or bias of an nn.Linear, so "
-                "the hooks path cannot compute it; use GradientComputer (vmap or loop)"
-            )
-        if getattr(module, kind) is not p:
-            raise GradientError(f"{name!r} is not the {kind} of module {module_name!r}")
-        targets.append(_Target(name, module_name, kind))
-    return targets
-
-
-class _Recorder:
-    """Forward hooks on the tracked linears: inputs, and output gradients via tensor hooks."""
-
-    def __init__(self, model: nn.Module, module_names: list[str], n: int) -> None:
-        self.n = n
-        self.inputs: dict[str, list[torch.Tensor]] = {m: [] for m in module_names}
-        self.deltas: dict[str, list[torch.Tensor | None]] = {m: [] for m in module_names}
-        self.handles = [
-            model.get_submodule(m).register_forward_hook(self._hook(m)) for m in module_names
-        ]
-
-    def _hook(self, module_name: str) -> Callable[..., None]:
-        def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            x = inputs[0]
-            if x.dim() < 2 or x.shape[0] != self.n:
-                raise GradientError(
-                    f"module {module_name!r} got input of shape {tuple(x.shape)} whose first "
-                    f"dimension is not the batch size {self.n}; the hooks path needs "
-                    "[B, ..., features] inputs: use GradientComputer (vmap or loop)"
-                )
-            slot = len(self.deltas[module_name])
-            self.inputs[module_name].append(x.detach())
-            self.deltas[module_name].append(None)
-            if out.requires_grad:
-
-                def store(g: torch.Tensor) -> None:
-                    self.deltas[module_name][slot] = g.detach()
-
-                out.register_hook(store)
-
-        return hook
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
+_WHAT = "the hooks path"
 
 
 class LinearHookGradients:
@@ -131,24 +79,19 @@ class LinearHookGradients:
         chunk_size: int = 32,
         rtol: float | None = 1e-3,
     ) -> None:
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise GradsiftError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         self.model, self.task = model, task
-        self.measurement, self.chunk_size, self.rtol = measurement, chunk_size, rtol
+        self.measurement, self.chunk_size = measurement, check_chunk_size(chunk_size)
+        self.rtol = rtol
         self.params = task.tracked_parameters(model)
-        self.targets = linear_targets(model, self.params)
-        self.layout: list[Block] = []
-        offset = 0
-        for name, p in self.params.items():
-            self.layout.append(Block(name, tuple(p.shape), offset))
-            offset += p.numel()
-        self.dim = offset
+        self.layers = tracked_layers(model, self.params, (nn.Linear,), _WHAT)
+        self.layout: list[Block] = layout_of(self.params)
+        self.dim = self.layout[-1].stop
 
     @staticmethod
     def supports(model: nn.Module, task: Task) -> bool:
         """Whether every tracked parameter is a linear weight/bias (the path applies)."""
         try:
-            linear_targets(model, task.tracked_parameters(model))
+            tracked_layers(model, task.tracked_parameters(model), (nn.Linear,), _WHAT)
         except GradientError:
             return False
         return True
@@ -156,98 +99,39 @@ class LinearHookGradients:
     def compute(self, batch: Any, first_index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """``(G [B, D] in the parameters' dtype, losses [B])`` for ``batch``."""
         check_eval_mode(self.model)
-        n = batch_size_of(batch)
-        if n == 0:
-            raise GradientError("empty batch")
-        rows, losses = [], []
-        for start in range(0, n, self.chunk_size):
-            part = slice_batch(batch, start, min(start + self.chunk_size, n))
-            try:
-                g, loss = self._chunk(part)
-            except GradientError as err:
-                if err.positions is None:
-                    raise
-                offset = first_index + start
-                raise GradientError(err.base_message, [p + offset for p in err.positions]) from None
-            rows.append(g)
-            losses.append(loss)
-        return torch.cat(rows), torch.cat(losses)
+        return chunked(self._chunk, batch, self.chunk_size, first_index)
 
     # ------------------------------------------------------------------ internals
-    def _objective(self, batch: Any) -> torch.Tensor:
-        if self.measurement:
-            with torch.no_grad():
-                self.task.validate(self.task.forward(self.model, batch), batch)
-            return self.task.measurement(self.model, batch)
-        outputs = self.task.forward(self.model, batch)
-        self.task.validate(outputs, batch)
-        return self.task.loss(outputs, batch)
-
     def _chunk(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         n = batch_size_of(batch)
-        tensors = list(self.params.values())
-        flags = [p.requires_grad for p in tensors]
-        modules = list(dict.fromkeys(t.module_name for t in self.targets))
-        recorder = _Recorder(self.model, modules, n)
-        try:
-            for p in tensors:
-                p.requires_grad_(True)
-            with torch.enable_grad():
-                losses = self._objective(batch)
-                if losses.shape != (n,):
-                    raise GradientError(
-                        f"the task returned losses of shape {tuple(losses.shape)}, expected ({n},)"
-                    )
-                bad = (~torch.isfinite(losses)).nonzero().flatten()
-                if len(bad):
-                    raise GradientError("non-finite loss (NaN/Inf)", bad.tolist())
-                batch_grads = torch.autograd.grad(losses.sum(), tensors, allow_unused=True)
-        finally:
-            recorder.remove()
-            for p, flag in zip(tensors, flags, strict=True):
-                p.requires_grad_(flag)
-        parts = self._per_sample(recorder, n)
-        G = torch.cat([parts[t.name].reshape(n, -1) for t in self.targets], dim=1)
-        self._check_sum(parts, batch_grads)
-        bad_rows = (~torch.isfinite(G).all(dim=1)).nonzero().flatten()
-        if len(bad_rows):
-            raise GradientError("non-finite gradient (NaN/Inf)", bad_rows.tolist())
-        return G.detach(), losses.detach()
+        capture = LayerCapture(self.model, self.layers, n)
+        losses, batch_grads = captured_backward(
+            self.model, self.task, self.params, batch, self.measurement, capture
+        )
+        parts = self._per_sample(capture, n)
+        G = torch.cat([parts[name].reshape(n, -1) for name in self.params], dim=1)
+        if self.rtol is not None:
+            for name, ref in zip(self.params, batch_grads, strict=True):
+                check_sum(name, parts[name].sum(dim=0), ref, self.rtol)
+        return finite_rows(G).detach(), losses
 
-    def _per_sample(self, rec: _Recorder, n: int) -> dict[str, torch.Tensor]:
+    def _per_sample(self, capture: LayerCapture, n: int) -> dict[str, torch.Tensor]:
         parts: dict[str, torch.Tensor] = {}
-        for t in self.targets:
-            p = self.params[t.name]
-            acc = torch.zeros((n, *p.shape), dtype=p.dtype, device=p.device)
-            for x, delta in zip(rec.inputs[t.module_name], rec.deltas[t.module_name], strict=True):
-                if delta is None:  # this call did not influence the loss
+        for layer in self.layers:
+            pairs = capture.pairs(layer.module_name)
+            for kind, name in (("weight", layer.weight), ("bias", layer.bias)):
+                if name is None:
                     continue
-                d = delta.reshape(n, -1, delta.shape[-1]).to(p.dtype)
-                if t.kind == "weight":
-                    xs = x.reshape(n, -1, x.shape[-1]).to(p.dtype)
-                    acc += torch.einsum("nlo,nli->noi", d, xs)
-                else:
-                    acc += d.sum(dim=1)
-            parts[t.name] = acc
+                p = self.params[name]
+                acc = torch.zeros((n, *p.shape), dtype=p.dtype, device=p.device)
+                for a, delta in pairs:
+                    d = delta.to(p.dtype)
+                    if kind == "weight":
+                        acc += torch.einsum("nlo,nli->noi", d, a.to(p.dtype))
+                    else:
+                        acc += d.sum(dim=1)
+                parts[name] = acc
         return parts
-
-    def _check_sum(
-        self, parts: dict[str, torch.Tensor], batch_grads: tuple[torch.Tensor | None, ...]
-    ) -> None:
-        if self.rtol is None:
-            return
-        for t, ref in zip(self.targets, batch_grads, strict=True):
-            total = parts[t.name].sum(dim=0)
-            ref = torch.zeros_like(total) if ref is None else ref
-            err = float((total - ref).norm())
-            scale = float(ref.norm()) + float(total.norm()) + 1e-30
-            if err > self.rtol * scale and err > 1e-12:
-                raise GradientError(
-                    f"per-sample gradients of {t.name!r} do not add up to its batch gradient "
-                    f"(relative error {err / scale:.2e}): the weight is used outside its "
-                    "module call (tied weights, functional use). Track other parameters or "
-                    "use GradientComputer (vmap or loop)"
-                )
 
 
 def hook_gradients(
@@ -264,13 +148,20 @@ def hook_gradients(
 
     Returns ``(G [n, D'] float32, losses [n] float64)`` where ``D'`` is the projected
     dimension when ``projection`` is given (per-block projection as in
-    :class:`gradsift.grads.projection.Projector`), else ``D``.
+    :class:`gradsift.grads.projection.Projector`, or, for ``kind="kronecker"``, the
+    factored projection of :class:`gradsift.grads.kronecker.FactoredProjector`, which also
+    takes ``nn.Conv2d`` layers and never forms ``G``), else ``D``.
     """
     n = len(data)  # type: ignore[arg-type]
     if n == 0:
         raise GradsiftError("the data set is empty: nothing to compute")
-    computer = LinearHookGradients(model, task, measurement, chunk_size=batch_size)
-    projector = Projector(computer.layout, projection) if projection else None
+    computer: LinearHookGradients | FactoredProjector
+    projector = None
+    if projection is not None and projection.kind == "kronecker":
+        computer = FactoredProjector(model, task, projection, measurement, chunk_size=batch_size)
+    else:
+        computer = LinearHookGradients(model, task, measurement, chunk_size=batch_size)
+        projector = Projector(computer.layout, projection) if projection else None
     rows, losses = [], []
     starts = range(0, n, batch_size)
     for b in track(starts, description, total=len(starts)):

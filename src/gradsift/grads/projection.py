@@ -14,6 +14,12 @@ Kinds (entries of ``R``):
 - ``rademacher``: ±1/√dim;
 - ``sparse``: the very sparse JL of Li, Hastie & Church, ``±√(s/dim)`` with probability
   ``1/(2s)`` each and 0 otherwise, ``s = √numel``.
+
+``kind="kronecker"`` is not a matrix over flat gradients: each tracked ``nn.Linear`` /
+``nn.Conv2d`` layer is projected by ``P_out ⊗ P_in`` from its inputs and output gradients,
+without forming the per-sample gradient (:class:`gradsift.grads.kronecker.FactoredProjector`);
+``dim`` is then ``k_in`` and ``dim_out`` is ``k_out`` (default ``dim``), so a layer gives
+``k_out × k_in`` numbers.
 """
 
 from __future__ import annotations
@@ -27,19 +33,30 @@ import torch
 
 from gradsift.grads.layout import Block
 
-ProjectionKind = Literal["gaussian", "rademacher", "sparse"]
+ProjectionKind = Literal["gaussian", "rademacher", "sparse", "kronecker"]
+DENSE_KINDS = ("gaussian", "rademacher", "sparse")
 
 
 @dataclass(frozen=True)
 class ProjectionConfig:
-    """Settings recorded in a store's manifest; ``dim`` is per block."""
+    """Settings recorded in a store's manifest.
+
+    ``dim`` is per block for the dense kinds; for ``kind="kronecker"`` it is ``k_in`` per
+    layer and ``dim_out`` is ``k_out`` (``None``: same as ``dim``). ``dim_out`` is only
+    meaningful for ``"kronecker"``.
+    """
 
     dim: int = 1024
     kind: ProjectionKind = "rademacher"
     seed: int = 0
+    dim_out: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Manifest entry; the dense kinds keep their three keys (``dim``, ``kind``, ``seed``)."""
+        out = asdict(self)
+        if self.kind in DENSE_KINDS and self.dim_out is None:
+            del out["dim_out"]
+        return out
 
 
 class Projector:
@@ -54,10 +71,18 @@ class Projector:
     ) -> None:
         if config.dim < 1:
             raise ValueError(f"projection dim must be >= 1, got {config.dim}")
-        if config.kind not in ("gaussian", "rademacher", "sparse"):
+        if config.kind == "kronecker":
             raise ValueError(
-                f"unknown projection kind {config.kind!r}: gaussian, rademacher or sparse"
+                "projection kind 'kronecker' projects layer factors, not flat gradients: use "
+                "gradsift.grads.kronecker.FactoredProjector"
             )
+        if config.kind not in DENSE_KINDS:
+            raise ValueError(
+                f"unknown projection kind {config.kind!r}: gaussian, rademacher, sparse "
+                "(or kronecker, through FactoredProjector)"
+            )
+        if config.dim_out is not None:
+            raise ValueError("dim_out is a setting of the 'kronecker' projection only")
         self.blocks = list(blocks)
         self.config = config
         self.chunk_rows = chunk_rows
@@ -112,10 +137,7 @@ def random_matrix(
     config: ProjectionConfig, block: int, chunk: int, rows: int, numel: int
 ) -> torch.Tensor:
     """Rows of block ``block``'s projection matrix for chunk ``chunk``: ``[rows, dim]`` float64."""
-    seed = int(
-        np.random.SeedSequence([config.seed, block, chunk]).generate_state(1, np.uint64)[0] >> 1
-    )
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded_generator(config.seed, block, chunk)
     k = config.dim
     if config.kind == "gaussian":
         return torch.randn(rows, k, generator=gen, dtype=torch.float64) / k**0.5
@@ -128,3 +150,10 @@ def random_matrix(
     values[u < 1 / (2 * s)] = -1.0
     values[u > 1 - 1 / (2 * s)] = 1.0
     return values * (s / k) ** 0.5
+
+
+def seeded_generator(*entropy: int) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded from ``SeedSequence(entropy)`` (non-negative ints):
+    the same entropy gives the same stream on every machine and every run."""
+    state = np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state >> 1))

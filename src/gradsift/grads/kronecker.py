@@ -1,0 +1,370 @@
+"""Factored (Kronecker) projection of per-sample gradients, never forming them.
+
+For a tracked ``nn.Linear`` / ``nn.Conv2d`` layer with inputs ``a_{i,t}`` and output
+gradients ``δ_{i,t}`` in sequence form (:mod:`gradsift.grads.capture`), sample *i*'s
+gradient is ``G_i = Σ_t δ_{i,t} a_{i,t}ᵀ`` (``[d_out, d_in]``; a tracked bias is the extra
+input column ``a = 1``). Its projection
+
+    ``Z_i = P_outᵀ G_i P_in = Σ_t (P_outᵀ δ_{i,t}) (P_inᵀ a_{i,t})ᵀ``   (``[k_out, k_in]``)
+
+is formed from the projected factors (a batched matmul ``btk,btl->bkl``), so the cost is
+one batched forward/backward plus thin matmuls per layer, and memory does not grow with
+the parameter count (no ``[B, d_out, d_in]`` tensor of a projected layer, no dense
+projection matrix). Where a layer is applied at many positions (convolutions) it is
+cheaper to project one side first and contract the other raw; each layer takes the
+cheapest of three orders (``_LayerProjection``), all giving the same ``Z``.
+Flattened row-major, ``vec(Z_i) = (P_out ⊗ P_in)ᵀ vec(G_i)`` with ``vec`` the row-major
+flattening of ``W.grad`` (a Conv2d weight ``[C_out, C_in, kh, kw]`` as
+``[C_out, C_in·kh·kw]``); :meth:`FactoredProjector.dense_matrix` gives that matrix in the
+tracked-parameter layout.
+
+Factors (``ProjectionConfig(kind="kronecker", dim=k_in, dim_out=k_out, seed=s)``):
+``P_in [d_in(+1), k_in]`` and ``P_out [d_out, k_out]`` have i.i.d. N(0, 1/k) entries
+(``k`` = their column count), drawn from ``SeedSequence([s, h(layer name), side])`` with
+``h`` the first 8 bytes of SHA-256 of the module name (little-endian) and side 0 for
+``P_in``, 1 for ``P_out``: the same seed gives the same matrices on every rank, in every
+run, whatever else is tracked. ``E[P Pᵀ] = I`` for each factor, and the two are
+independent, so ``E[(P_out ⊗ P_in)(P_out ⊗ P_in)ᵀ] = I``: inner products are preserved in
+expectation. A side with ``d ≤ k`` uses the identity (exact, and smaller). The variance is
+larger than that of a dense Gaussian projection of the same total dimension ``k_out·k_in``
+(see ``benchmarks/factored_projection.py``).
+
+The rows of a batch must be independent (eval mode); the first call checks this once by
+recomputing its highest-loss row alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradsift.errors import GradientError
+from gradsift.grads.capture import (
+    Layer,
+    LayerCapture,
+    captured_backward,
+    check_chunk_size,
+    check_sum,
+    chunked,
+    finite_rows,
+    tracked_layers,
+)
+from gradsift.grads.layout import Block, batch_size_of, check_eval_mode, layout_of, slice_batch
+from gradsift.grads.projection import ProjectionConfig, seeded_generator
+from gradsift.task import Task
+
+__all__ = ["FACTORABLE", "FactoredProjector", "factorable_modules", "layer_factors"]
+
+#: Layer types whose gradients the factored projection handles.
+FACTORABLE = (nn.Linear, nn.Conv2d)
+
+#: Columns of the projected batch gradient compared with the sum of the rows (the check
+#: that catches weights used outside their module call).
+CHECK_COLUMNS = 2
+
+SEEDING = (
+    "P_in/P_out ~ N(0, 1/k) from SeedSequence([seed, sha256(module name)[:8] little-endian, "
+    "side 0=in 1=out]) via torch.randn(d, k, float64); identity where d <= k"
+)
+
+
+def factorable_modules(model: nn.Module) -> list[str]:
+    """Names of the ``nn.Linear`` / ``nn.Conv2d`` modules (Conv2d: ``groups=1``, zero
+    padding) whose weight is trainable and not tied to another parameter name: a tracking
+    spec (``task.tracked = factorable_modules(model)``) for "all linear layers"."""
+    named = dict(model.named_parameters())
+    names = []
+    for name, m in model.named_modules():
+        if not isinstance(m, FACTORABLE) or not m.weight.requires_grad:
+            continue
+        if named.get(f"{name}.weight") is not m.weight:  # tied: listed under another name
+            continue
+        if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.padding_mode != "zeros"):
+            continue
+        names.append(name)
+    return names
+
+
+def _factor(seed: int, name: str, side: int, d: int, k: int) -> torch.Tensor:
+    if d <= k:
+        return torch.eye(d, dtype=torch.float64)
+    word = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+    gen = seeded_generator(seed, word, side)
+    return torch.randn(d, k, generator=gen, dtype=torch.float64) / k**0.5
+
+
+def _rows_in(layer: Layer) -> int:
+    """Rows of ``P_in``: the input features, plus the constant-1 column of a tracked bias."""
+    return (layer.d_in if layer.weight else 0) + (1 if layer.bias else 0)
+
+
+def layer_factors(
+    config: ProjectionConfig, name: str, d_out: int, d_in: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(P_out [d_out, k_out], P_in [d_in, k_in])`` float64 of layer ``name``, where
+    ``k_out = min(d_out, dim_out or dim)``, ``k_in = min(d_in, dim)`` (``d_in`` counts the
+    bias column if the bias is tracked)."""
+    k_out = config.dim_out if config.dim_out is not None else config.dim
+    return _factor(config.seed, name, 1, d_out, k_out), _factor(
+        config.seed, name, 0, d_in, config.dim
+    )
+
+
+class FactoredProjector:
+    """Projected per-sample gradients ``Z [B, dim]`` of tracked Linear/Conv2d layers.
+
+    Row *i* is the concatenation over layers (order of first appearance in
+    ``task.tracked_parameters``) of ``vec(P_outᵀ ∇_W ℓ(z_i) P_in)`` (row-major
+    ``k_out × k_in``; block ``out_blocks[j]``), the gradient of sample *i*'s own loss,
+    not divided by ``B``. Same ``compute`` contract as
+    :class:`gradsift.grads.computer.GradientComputer`, with projected rows.
+
+    Args:
+        model: the model, in eval mode.
+        task: per-sample losses and tracked parameters (weights/biases of Linear/Conv2d
+            only; :func:`factorable_modules` lists them).
+        config: ``kind="kronecker"``; ``dim`` = ``k_in``, ``dim_out`` = ``k_out``.
+        measurement: differentiate ``task.measurement`` (test side of influence).
+        chunk_size: samples per forward/backward pass (memory ∝ chunk_size × activations).
+        rtol: tolerance of the checks ``Σ_i Z_i`` = projected batch gradient, on the first
+            ``CHECK_COLUMNS`` columns of each layer block (catches weights used outside
+            their module call), and of the one-time row-independence check; ``None`` skips
+            both.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        config: ProjectionConfig,
+        measurement: bool = False,
+        chunk_size: int = 64,
+        rtol: float | None = 1e-3,
+    ) -> None:
+        if config.kind != "kronecker":
+            raise ValueError(f"FactoredProjector needs kind='kronecker', got {config.kind!r}")
+        if config.dim < 1 or (config.dim_out is not None and config.dim_out < 1):
+            raise ValueError(f"projection dims must be >= 1, got {config.dim}, {config.dim_out}")
+        self.model, self.task, self.config = model, task, config
+        self.measurement, self.chunk_size = measurement, check_chunk_size(chunk_size)
+        self.rtol = rtol
+        self.params = task.tracked_parameters(model)
+        self.layout: list[Block] = layout_of(self.params)
+        self.layers: list[Layer] = tracked_layers(
+            model, self.params, FACTORABLE, "the factored (Kronecker) projection"
+        )
+        self._index = {layer.module_name: j for j, layer in enumerate(self.layers)}
+        self._projections: dict[tuple[int, torch.device], _LayerProjection] = {}
+        self.out_blocks: list[Block] = []
+        offset = 0
+        k_out = config.dim_out if config.dim_out is not None else config.dim
+        for layer in self.layers:
+            shape = (min(layer.d_out, k_out), min(_rows_in(layer), config.dim))
+            self.out_blocks.append(Block(layer.module_name, shape, offset))
+            offset += shape[0] * shape[1]
+        self.dim = offset
+        first = next(iter(self.params.values()))
+        self.dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+        self._rows_checked = rtol is None
+
+    # ------------------------------------------------------------------ public
+    def compute(self, batch: Any, first_index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Z [B, dim], losses [B])``; ``Z`` is float64 for float64 parameters, else
+        float32."""
+        check_eval_mode(self.model)
+        Z, losses = chunked(self._chunk, batch, self.chunk_size, first_index)
+        if not self._rows_checked and len(losses) > 1:
+            self._check_rows(batch, Z, losses)
+        return Z, losses
+
+    def factors(self, layer: Layer) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(P_out [d_out, k_out], P_in [d_in(+1), k_in])`` float64 of a tracked layer."""
+        return layer_factors(self.config, layer.module_name, layer.d_out, _rows_in(layer))
+
+    def dense_matrix(self) -> torch.Tensor:
+        """The equivalent dense matrix ``M [D, dim]`` float64: ``Z = G @ M`` for flat
+        per-sample gradients ``G [B, D]`` in :attr:`layout` order (for tests; ``D × dim``)."""
+        M = torch.zeros(self.layout[-1].stop, self.dim, dtype=torch.float64)
+        blocks = {b.name: b for b in self.layout}
+        for layer, out in zip(self.layers, self.out_blocks, strict=True):
+            P_out, P_in = self.factors(layer)
+            cols = slice(out.offset, out.stop)
+            if layer.weight:
+                w = blocks[layer.weight]
+                M[w.offset : w.stop, cols] = torch.kron(P_out, P_in[: layer.d_in])
+            if layer.bias:
+                b = blocks[layer.bias]
+                M[b.offset : b.stop, cols] = torch.kron(P_out, P_in[-1:])
+        return M
+
+    def manifest(self) -> dict[str, Any]:
+        """What a store should record besides ``config.to_dict()``: the factor seeding and
+        each layer's shapes and output block."""
+        return {
+            "kronecker_seeding": SEEDING,
+            "kronecker_layers": [
+                {
+                    "module": layer.module_name,
+                    "weight": layer.weight,
+                    "bias": layer.bias,
+                    "d_out": layer.d_out,
+                    "d_in": layer.d_in,
+                    "k_out": out.shape[0],
+                    "k_in": out.shape[1],
+                    "offset": out.offset,
+                }
+                for layer, out in zip(self.layers, self.out_blocks, strict=True)
+            ],
+        }
+
+    # ------------------------------------------------------------------ internals
+    def _projection(self, name: str, device: torch.device) -> _LayerProjection:
+        j = self._index[name]
+        key = (j, device)
+        if key not in self._projections:
+            layer = self.layers[j]
+            P_out, P_in = self.factors(layer)
+            self._projections[key] = _LayerProjection(layer, P_out, P_in, self.dtype, device)
+        return self._projections[key]
+
+    def _project_input(self, name: str, a: torch.Tensor) -> torch.Tensor:
+        return self._projection(name, a.device).input(a)
+
+    def _project_grad(self, name: str, delta: torch.Tensor) -> torch.Tensor:
+        return self._projection(name, delta.device).grad(delta)
+
+    def _chunk(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        n = batch_size_of(batch)
+        capture = LayerCapture(self.model, self.layers, n, self._project_input, self._project_grad)
+        losses, batch_grads = captured_backward(
+            self.model, self.task, self.params, batch, self.measurement, capture
+        )
+        grads = dict(zip(self.params, batch_grads, strict=True))
+        blocks = []
+        for layer, out in zip(self.layers, self.out_blocks, strict=True):
+            proj = self._projection(layer.module_name, layer.module.weight.device)
+            Z = None
+            for a_s, d_s in capture.pairs(layer.module_name):
+                part = proj.combine(a_s, d_s)
+                Z = part if Z is None else Z.add_(part)
+            if Z is None:  # the layer did not influence the loss
+                Z = torch.zeros(n, *out.shape, dtype=self.dtype, device=layer.module.weight.device)
+            if self.rtol is not None:
+                m = min(CHECK_COLUMNS, out.shape[1])
+                gw = grads[layer.weight] if layer.weight else None
+                gb = grads[layer.bias] if layer.bias else None
+                ref = proj.batch_columns(gw, gb, m)
+                check_sum(layer.module_name, Z[:, :, :m].sum(dim=0), ref, self.rtol)
+            blocks.append(Z.reshape(n, -1))
+        Z = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
+        if not torch.isfinite(Z.sum()):  # one pass; finite_rows names the rows
+            finite_rows(Z)
+        return Z, losses
+
+    def _check_rows(self, batch: Any, Z: torch.Tensor, losses: torch.Tensor) -> None:
+        """Once: the highest-loss row computed alone must equal its row in the batch."""
+        i = int(losses.argmax())
+        alone, _ = self._chunk(slice_batch(batch, i, i + 1))
+        err = float((alone[0] - Z[i]).norm())
+        scale = float(alone[0].norm()) + float(Z[i].norm()) + 1e-30
+        assert self.rtol is not None
+        if err > self.rtol * scale and err > 1e-12:
+            raise GradientError(
+                f"row {i} computed alone differs from its row in the batch (relative error "
+                f"{err / scale:.2e}): the model mixes the rows of a batch (batch statistics?), "
+                "so the factored projection is wrong here; use GradientComputer + Projector"
+            )
+        self._rows_checked = True
+
+
+class _LayerProjection:
+    """One layer's factors on a device, and the cheapest order of contraction.
+
+    With ``ã`` the input with its constant-1 bias column, per sample and ``T`` positions
+    (``c = d·k`` for a projected side, 0 for an identity side):
+
+    - ``"both"``: project ``ã`` and ``δ`` as they are recorded,
+      ``Z = Σ_t (P_outᵀδ_t)(P_inᵀã_t)ᵀ``: ``T·(c_in + c_out + k_out·k_in)``;
+    - ``"grad"``: project ``δ`` only, ``Z = (Σ_t (P_outᵀδ_t) ã_tᵀ) P_in``:
+      ``T·(c_out + k_out·d_in) + k_out·d_in·k_in`` (wins for convolutions: large ``T``);
+    - ``"input"``: project ``ã`` only, ``Z = P_outᵀ (Σ_t δ_t (P_inᵀã_t)ᵀ)``:
+      ``T·(c_in + d_out·k_in) + d_out·k_out·k_in``.
+
+    None forms ``[B, d_out, d_in]`` for a projected layer: the widest intermediate is
+    ``[B, k_out, d_in]`` or ``[B, d_out, k_in]``.
+    """
+
+    def __init__(
+        self,
+        layer: Layer,
+        P_out: torch.Tensor,
+        P_in: torch.Tensor,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.weight, self.bias = layer.weight is not None, layer.bias is not None
+        (self.d_out, self.k_out), (self.d_in, self.k_in) = P_out.shape, P_in.shape
+        self.dtype = dtype
+        self.P_out = None if self.d_out == self.k_out else P_out.to(dtype).to(device)
+        self.P_in = None if self.d_in == self.k_in else P_in.to(dtype).to(device)
+        self._P_in_full = P_in.to(dtype).to(device)  # identity or not: for the sum check
+
+    def order(self, T: int) -> str:
+        c_in = 0 if self.P_in is None else self.d_in * self.k_in
+        c_out = 0 if self.P_out is None else self.d_out * self.k_out
+        k_out, k_in, d_out, d_in = self.k_out, self.k_in, self.d_out, self.d_in
+        costs = {
+            "both": T * (c_in + c_out + k_out * k_in),
+            "grad": T * (c_out + k_out * d_in) + (k_out * d_in * k_in if c_in else 0),
+            "input": T * (c_in + d_out * k_in) + (d_out * k_out * k_in if c_out else 0),
+        }
+        return min(costs, key=costs.__getitem__)
+
+    def input(self, a: torch.Tensor) -> torch.Tensor:
+        """What to keep of ``a [n, T, d_in]``: ``P_inᵀã`` or ``ã``."""
+        a = a.to(self.dtype)
+        if self.P_in is None or self.order(a.shape[1]) == "grad":
+            return self._augmented(a)
+        weight_rows = self.P_in[:-1] if self.bias else self.P_in
+        out = a @ weight_rows if self.weight else a.new_zeros(*a.shape[:2], self.k_in)
+        return out + self.P_in[-1] if self.bias else out
+
+    def grad(self, delta: torch.Tensor) -> torch.Tensor:
+        """What to keep of ``δ [n, T, d_out]``: ``P_outᵀδ`` or ``δ``."""
+        delta = delta.to(self.dtype)
+        if self.P_out is None or self.order(delta.shape[1]) == "input":
+            return delta
+        return delta @ self.P_out
+
+    def combine(self, a_s: torch.Tensor, d_s: torch.Tensor) -> torch.Tensor:
+        """``Z [n, k_out, k_in]`` of one call from what :meth:`input`/:meth:`grad` kept."""
+        order = self.order(a_s.shape[1])
+        Z = torch.bmm(d_s.transpose(1, 2), a_s)
+        if order == "grad" and self.P_in is not None:
+            Z = Z @ self.P_in
+        if order == "input" and self.P_out is not None:
+            Z = self.P_out.T @ Z
+        return Z
+
+    def batch_columns(
+        self, gw: torch.Tensor | None, gb: torch.Tensor | None, m: int
+    ) -> torch.Tensor:
+        """The first ``m`` columns of ``P_outᵀ [∇W | ∇b] P_in`` for a batch gradient:
+        ``d_out·d_in·m`` operations, a small fraction of a training step."""
+        cols = self._P_in_full[:, :m]
+        ref = cols.new_zeros(self.d_out, m)
+        if gw is not None and self.weight:
+            ref += gw.reshape(self.d_out, -1).to(self.dtype) @ cols[: self.d_in - int(self.bias)]
+        if gb is not None and self.bias:
+            ref += torch.outer(gb.to(self.dtype), cols[-1])
+        return ref if self.P_out is None else self.P_out.T @ ref
+
+    def _augmented(self, a: torch.Tensor) -> torch.Tensor:
+        if not self.bias:
+            return a
+        if not self.weight:
+            return a.new_ones(*a.shape[:2], 1)
+        return torch.nn.functional.pad(a, (0, 1), value=1.0)
