@@ -1,39 +1,40 @@
-"""FastIF against full inverse-HVP influence on MNIST (50,000 training images).
+"""FastIF with preconditioned retrieval against full influence on MNIST (issue 13).
 
-For each setting, one run measures, on the same test points and with the same
-inverse-HVPs ``s_t = (H+λI)⁻¹ g_t`` (solved once, timed once, shared):
+Influence is ``⟨s_t, g_i⟩`` with ``s_t = (H+λI)⁻¹ g_t``, so the exact top-k of a test point
+is a maximum-inner-product search with query ``s_t`` over the training gradients. This
+script indexes the (projected) training gradients, queries with the projected
+``P s_t`` (half the ``k`` candidates from ``+P s_t``: helpful, half from ``−P s_t``:
+harmful), re-ranks the candidates with the exact influence, and compares it — in one
+run, on the same test points and the same ``s_t`` — with
 
-- **full**: ``s_tᵀ g_i`` for all 50,000 training rows (per-sample gradients computed on
-  the fly in blocks, streaming top-100 helpful and harmful);
-- **FastIF** with k ∈ {100, 1000} candidates from a faiss index over penultimate
-  features (L2, the paper's setting) — and, for the last-layer setting, over projected
-  gradients queried with ``P s_t`` (inner product);
+- **full**: ``s_tᵀ g_i`` for every training row from the stored gradients (streaming
+  top-100, :func:`gradsift.influence.fastif.full_influence`), and
+- **full, on demand**: the same with per-sample gradients recomputed per call (the
+  baseline of the FastIF paper, which stores no gradients).
 
-and reports the time of each, the speed-up (excluding and including the shared solve;
-index building is a one-off cost, listed separately), and the recall of the full
-method's top-10 / top-100 most helpful and most harmful samples.
+Model: MLP 784→128→10 trained 3 epochs (Adam, weight decay 1e-4); tracked: the head's
+1,290 parameters; curvature: the exact Hessian of ``--hessian-rows`` training rows,
+factorised **once** (Cholesky, :class:`ExactSolver`), so a test point's solve is two
+triangular solves. The training gradients are extracted once (the "store", timed as a
+one-off like the index builds). End-to-end time = test gradients + solve + retrieval +
+re-ranking (FastIF) or + full scoring (full), for 1, 50 and ``--n-test`` test points.
 
-Settings (MLP 784→128→10 trained 3 epochs, or 784→32→10 for "all"):
+Candidate spaces (``k`` per test point):
 
-- ``last``: the head's 1,290 parameters (closed-form per-sample gradients), exact
-  inverse (Cholesky) of the mean Hessian;
-- ``all``: all 25,450 parameters of a 784→32→10 MLP (``torch.func`` per-sample
-  gradients), LiSSA (``--lissa-steps`` steps × 2 repetitions, mini-batches of 64, scale
-  from power iteration).
-
-Both solvers see the Hessian of a seeded sample of ``--hessian-rows`` training rows (both
-methods use the same ``s_t``, so this changes neither the recall nor the speed-up of the
-scoring). FastIF's advantage is per test point (k ≪ n gradients instead of n); scoring
-many test points together, their candidate sets overlap and their union approaches n,
-so both "all test points at once" and "one test point at a time" are reported.
-
-A last table times 1 against 2 worker processes (spawn) for the LiSSA repetitions and
-the candidate scoring of the ``all`` setting, and checks that the results are identical.
+- ``exact-ip, P = I``: flat inner-product index over the unprojected gradients (checks
+  that retrieval is exact: recall 1);
+- ``flat-ip, random P``: seeded Gaussian projection to ``p`` numbers per tracked tensor,
+  exact search — any miss is **projection** error;
+- ``flat-ip, PCA r``: the top ``r`` principal directions of 10,000 training gradients
+  (``FastIFConfig(basis="pca")``), exact search — projection error of a data-aware basis;
+- ``ivf-ip`` / ``hnsw-ip, PCA r``: the same rows in faiss IVF / HNSW — the difference to
+  ``flat-ip, PCA r`` is **ANN** error;
+- ``features-l2``: the paper's penultimate-feature neighbours (k = 1000), for comparison.
 
 Usage::
 
-    nice -n 10 .venv/bin/python benchmarks/fastif.py             # both settings (~15 min)
-    .venv/bin/python benchmarks/fastif.py --settings last --n-test 20   # quick
+    nice -n 10 .venv/bin/python benchmarks/fastif.py                       # 50k train, 1,000 test
+    .venv/bin/python benchmarks/fastif.py --n-train 10000 --n-test 200      # quick
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from gradsift.experiments.datasets import load_mnist
 from gradsift.experiments.models import mlp
 from gradsift.experiments.training import TrainConfig, accuracy, train_classifier
 from gradsift.grads.projection import ProjectionConfig
-from gradsift.influence import ExactSolver, LiSSASolver
+from gradsift.influence import ExactSolver
 from gradsift.influence.fastif import FastIF, FastIFConfig, full_influence
 from gradsift.influence.neighbors import IndexConfig, recall_at_k
 from gradsift.task import ClassificationTask
@@ -64,24 +65,16 @@ def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def setup(hidden: int, tracked: str, args: argparse.Namespace) -> dict[str, Any]:
-    data = load_mnist(seed=args.seed)
-    model = mlp(784, 10, hidden=(hidden,), seed=args.seed)
-    _, train_s = timed(
-        train_classifier,
-        model,
-        data.train.X,
-        data.train.y,
-        TrainConfig(epochs=3, batch_size=128, weight_decay=1e-4, seed=args.seed),
-        progress=False,
-    )
+def setup(args: argparse.Namespace) -> dict[str, Any]:
+    data = load_mnist(seed=args.seed, n_train=args.n_train)
+    model = mlp(784, 10, hidden=(128,), seed=args.seed)
+    config = TrainConfig(epochs=3, batch_size=128, weight_decay=1e-4, seed=args.seed)
+    _, train_s = timed(train_classifier, model, data.train.X, data.train.y, config, progress=False)
     model.eval()
-    rng = np.random.default_rng(args.seed)
-    picks = np.sort(rng.choice(len(data.test), args.n_test, replace=False))
+    picks = np.sort(np.random.default_rng(args.seed).choice(len(data.test), args.n_test, False))
     return {
-        "data": data,
         "model": model,
-        "task": ClassificationTask(tracked=tracked),
+        "task": ClassificationTask(tracked="last_linear"),
         "train": (torch.as_tensor(data.train.X), torch.as_tensor(data.train.y)),
         "test": (torch.as_tensor(data.test.X[picks]), torch.as_tensor(data.test.y[picks])),
         "train_s": train_s,
@@ -89,183 +82,142 @@ def setup(hidden: int, tracked: str, args: argparse.Namespace) -> dict[str, Any]
     }
 
 
-def make_solver(setting: str, env: dict[str, Any], args: argparse.Namespace) -> Any:
-    model, task, train = env["model"], env["task"], env["train"]
-    rows = np.random.default_rng(args.seed).choice(len(train[0]), args.hessian_rows, False)
-    sub = (train[0][rows], train[1][rows])
-    if setting == "last":
-        return ExactSolver(damping=1e-3).fit(model, task, sub, weight_decay=1e-4)
-    return LiSSASolver(
-        damping=1e-3,
-        steps=args.lissa_steps,
-        repetitions=2,
-        batch_size=64,
-        seed=args.seed,
-        residual_tol=np.inf,
-    ).fit(model, task, sub, weight_decay=1e-4, batch_size=1024)
+def head(test: tuple[torch.Tensor, torch.Tensor], m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return test[0][:m], test[1][:m]
 
 
-def run_setting(setting: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    hidden, tracked = (128, "last_linear") if setting == "last" else (32, "all")
-    env = setup(hidden, tracked, args)
-    solver, fit_s = timed(make_solver, setting, env, args)
-    model, task, train, test = env["model"], env["task"], env["train"], env["test"]
-    batch = 1024 if setting == "last" else 256
-    base = FastIF(model, task, train, solver, FastIFConfig(k=1, batch_size=batch))
-    S, solve_s = timed(lambda: base.solve(base.test_gradients(test)))
-    (full_h, full_a), full_s = timed(full_influence, base, S, 100)
-    _, full_one_s = timed(full_influence, base, S[:1], 100)
-    print(
-        f"\n### setting `{setting}`: D = {base.computer.dim:,} tracked parameters, "
-        f"{base.n_train:,} training rows, {len(S)} test points; test accuracy "
-        f"{env['test_acc']:.3f}; training {env['train_s']:.1f} s; solver {solver.name} "
-        f"fit {fit_s:.1f} s, solve {solve_s:.1f} s (shared by both methods); "
-        f"full method {full_s:.1f} s ({full_one_s:.1f} s for a single test point)\n"
-    )
-    spaces: list[tuple[str, str, int]] = [("features", "l2", 0)]
-    if setting == "last":
-        spaces.append(("gradients", "ip", 256))
-    rows = []
-    for space, metric, dim in spaces:
-        for k in (100, 1000):
-            config = FastIFConfig(
-                k=k,
-                space=space,  # type: ignore[arg-type]
-                index=IndexConfig(backend="flat", metric=metric),  # type: ignore[arg-type]
-                projection=ProjectionConfig(dim=max(dim, 1), seed=args.seed),
-                batch_size=batch,
-            )
-            fast = FastIF(model, task, train, solver, config)
-            _, index_s = timed(fast.build_index)
-            result, fast_s = timed(fast.influence, test, S)
-            h, a = result.helpful(100)[0], result.harmful(100)[0]
-            singles = [
-                timed(fast.influence, (test[0][t : t + 1], test[1][t : t + 1]), S[t : t + 1])[1]
-                for t in range(min(args.singles, len(S)))
-            ]
-            rows.append(
-                {
-                    "setting": setting,
-                    "space": space if not dim else f"{space} (proj. {dim}/block)",
-                    "k": k,
-                    "distinct": int(len(np.unique(result.candidates[result.candidates >= 0]))),
-                    "one_s": float(np.mean(singles)),
-                    "full_one_s": full_one_s,
-                    "index_s": index_s,
-                    "fastif_s": fast_s,
-                    "full_s": full_s,
-                    "solve_s": solve_s,
-                    "speedup": full_s / fast_s,
-                    "speedup_incl_solve": (full_s + solve_s) / (fast_s + solve_s),
-                    "h10": recall_at_k(h[:, :10], full_h[0][:, :10]),
-                    "a10": recall_at_k(a[:, :10], full_a[0][:, :10]),
-                    "h100": recall_at_k(h, full_h[0]),
-                    "a100": recall_at_k(a, full_a[0]),
-                }
-            )
-    if setting == "all" and args.parallel:
-        rows.append(parallel_check(env, solver, S, batch))
-    return rows
+def end_to_end(fast: FastIF, test: Any, full: str | None = None) -> tuple[Any, float]:
+    """Test gradients + solve + (FastIF retrieval and re-ranking | full scoring)."""
+    t0 = time.perf_counter()
+    S = fast.solve(fast.test_gradients(test))
+    out = full_influence(fast, S, 100) if full else fast.influence(test, S)
+    return out, time.perf_counter() - t0
 
 
-def parallel_check(env: dict[str, Any], solver: Any, S: torch.Tensor, batch: int) -> dict[str, Any]:
-    """1 vs 2 spawn workers: LiSSA repetitions and candidate scoring (k=1000)."""
-    model, task, train, test = env["model"], env["task"], env["train"], env["test"]
-    out: dict[str, Any] = {"parallel": True}
-    results = {}
-    for workers in (1, 2):
-        config = FastIFConfig(k=1000, batch_size=batch, workers=workers, unit_rows=2048)
-        with FastIF(model, task, train, solver, config) as fast:
-            fast.build_index()
-            if workers > 1:
-                _, out["pool_start_s"] = timed(lambda f=fast: list(f._executor().map(abs, [1, 2])))
-            G = fast.test_gradients(test)
-            S_w, out[f"solve_s_{workers}"] = timed(fast.solve, G)
-            res, out[f"score_s_{workers}"] = timed(fast.influence, test, S_w)
-            results[workers] = (S_w, res)
-    (S1, r1), (S2, r2) = results[1], results[2]
-    out["identical"] = bool(
-        torch.equal(S1, S2)
-        and np.array_equal(r1.candidates, r2.candidates)
-        and np.array_equal(r1.scores, r2.scores)
-    )
-    out["s_rel_diff"] = float((S1 - S2).abs().max() / S1.abs().max())
-    out["score_rel_diff"] = float(
-        np.nanmax(np.abs(r1.scores - r2.scores)) / np.nanmax(np.abs(r1.scores))
-    )
-    out["same_top10"] = bool(np.array_equal(r1.helpful(10)[0], r2.helpful(10)[0]))
-    return out
+def variants(args: argparse.Namespace) -> list[tuple[str, FastIFConfig]]:
+    k, r = args.k, args.pca_dim
+    ip: dict[str, Any] = {"space": "gradients", "batch_size": 4096}
+    pca = {**ip, "basis": "pca", "pca_dim": r}
+    rand = ProjectionConfig(dim=args.proj_dim, seed=args.seed)
+    return [
+        ("exact-ip, P = I", FastIFConfig(k=k, projection=None, index=IndexConfig("flat"), **ip)),
+        (
+            f"flat-ip, random P = {args.proj_dim}/tensor",
+            FastIFConfig(k=k, projection=rand, index=IndexConfig("flat"), **ip),
+        ),
+        (f"flat-ip, PCA {r}", FastIFConfig(k=k, index=IndexConfig("flat"), **pca)),
+        (
+            f"ivf-ip (nprobe {args.nprobe}), PCA {r}",
+            FastIFConfig(k=k, index=IndexConfig("ivf", nprobe=args.nprobe), **pca),
+        ),
+        (f"hnsw-ip, PCA {r}", FastIFConfig(k=k, index=IndexConfig("hnsw"), **pca)),
+        (
+            "features-l2 (paper)",
+            FastIFConfig(
+                k=1000, space="features", index=IndexConfig("flat", "l2"), batch_size=4096
+            ),
+        ),
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--settings", default="last,all")
-    parser.add_argument("--n-test", type=int, default=50)
+    parser.add_argument("--n-train", type=int, default=50_000)
+    parser.add_argument("--n-test", type=int, default=1000)
+    parser.add_argument("--k", type=int, default=200)
+    parser.add_argument("--proj-dim", type=int, default=256)
+    parser.add_argument("--pca-dim", type=int, default=256)
+    parser.add_argument("--nprobe", type=int, default=16)
     parser.add_argument("--hessian-rows", type=int, default=5000)
-    parser.add_argument("--lissa-steps", type=int, default=100)
-    parser.add_argument("--singles", type=int, default=5, help="test points timed one by one")
-    parser.add_argument("--no-parallel", dest="parallel", action="store_false")
+    parser.add_argument("--skip", default="", help="comma-separated variant prefixes to skip")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     print(
-        f"# FastIF vs full influence on MNIST — {os.cpu_count()} CPUs, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads, load average "
-        f"{os.getloadavg()[0]:.1f} at start"
+        f"# FastIF (preconditioned retrieval) vs full influence on MNIST — {os.cpu_count()} "
+        f"CPUs, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}"
     )
-    rows = []
-    for setting in args.settings.split(","):
-        rows += run_setting(setting, args)
+    env = setup(args)
+    model, task, train, test = env["model"], env["task"], env["train"], env["test"]
+    rows = np.random.default_rng(args.seed).choice(len(train[0]), args.hessian_rows, False)
+    solver, fit_s = timed(
+        ExactSolver(damping=1e-3).fit,
+        model,
+        task,
+        (train[0][rows], train[1][rows]),
+        weight_decay=1e-4,
+    )
+    on_demand = FastIF(model, task, train, solver, FastIFConfig(k=1, batch_size=4096))
+    G, store_s = timed(
+        lambda: torch.cat([g for _, g in on_demand.gradient_blocks(np.arange(len(train[0])), None)])
+    )
+    full = FastIF(model, task, train, solver, FastIFConfig(k=1, batch_size=4096), train_gradients=G)
+    sizes = sorted({1, min(50, args.n_test), args.n_test})
+    full_t, demand_t = {}, {}
+    for m in sizes:
+        truth, full_t[m] = end_to_end(full, head(test, m), full="stored")
+        _, demand_t[m] = end_to_end(on_demand, head(test, m), full="on demand")
+    (h_true, _), (a_true, _) = truth
     print(
-        f"\nAll {args.n_test} test points at once (the candidates of all of them are scored "
-        "together; 'distinct' = their union):\n"
+        f"\nn = {len(train[0]):,} training rows, D = {full.computer.dim:,} tracked parameters, "
+        f"{args.n_test} test points; test accuracy {env['test_acc']:.3f}; training "
+        f"{env['train_s']:.0f} s; one Hessian factorisation ({args.hessian_rows} rows) "
+        f"{fit_s:.1f} s; training gradients extracted once ('store') {store_s:.1f} s\n"
     )
-    print(
-        "| setting | candidate space | k | distinct candidates | index build s | FastIF s | "
-        "full s | speed-up | speed-up incl. solve | recall helpful@10 | harmful@10 | "
-        "helpful@100 | harmful@100 |"
-    )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    plain = [r for r in rows if not r.get("parallel")]
-    for r in plain:
-        print(
-            f"| {r['setting']} | {r['space']} | {r['k']} | {r['distinct']:,} | "
-            f"{r['index_s']:.2f} | {r['fastif_s']:.2f} | {r['full_s']:.2f} | "
-            f"{r['speedup']:.1f}× | {r['speedup_incl_solve']:.2f}× | {r['h10']:.3f} | "
-            f"{r['a10']:.3f} | {r['h100']:.3f} | {r['a100']:.3f} |"
+    table = []
+    for name, config in variants(args):
+        if any(name.startswith(s) for s in args.skip.split(",") if s):
+            continue
+        fast = FastIF(model, task, train, solver, config, train_gradients=G)
+        _, index_s = timed(fast.build_index)
+        times = {}
+        for m in sizes:
+            result, times[m] = end_to_end(fast, head(test, m))
+        h, a = result.helpful(100)[0], result.harmful(100)[0]
+        table.append(
+            {
+                "name": name,
+                "k": config.k,
+                "index_s": index_s,
+                "times": times,
+                "h10": recall_at_k(h[:, :10], h_true[:, :10]),
+                "a10": recall_at_k(a[:, :10], a_true[:, :10]),
+                "h100": recall_at_k(h, h_true),
+                "a100": recall_at_k(a, a_true),
+            }
         )
+    print(f"Recall of the full method's top-m over {args.n_test} test points:\n")
     print(
-        f"\nOne test point at a time (FastIF: mean over {args.singles} points; full: one point; "
-        "solve excluded, index built beforehand):\n"
+        "| candidates | k | index build s | helpful@10 | harmful@10 | helpful@100 | harmful@100 |"
     )
-    print("| setting | candidate space | k | FastIF s | full s | speed-up |")
-    print("|---|---|---:|---:|---:|---:|")
-    for r in plain:
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in table:
         print(
-            f"| {r['setting']} | {r['space']} | {r['k']} | {r['one_s']:.3f} | "
-            f"{r['full_one_s']:.2f} | {r['full_one_s'] / r['one_s']:.1f}× |"
+            f"| {r['name']} | {r['k']} | {r['index_s']:.1f} | {r['h10']:.3f} | {r['a10']:.3f} | "
+            f"{r['h100']:.3f} | {r['a100']:.3f} |"
         )
-    best = max((r["full_one_s"] / r["one_s"] for r in plain), default=float("nan"))
+    print("\nEnd-to-end seconds (test gradients + solve + scoring) and speed-up vs full:\n")
+    head_row = " | ".join(f"{m} test s | × full | × on demand" for m in sizes)
+    print(f"| method | {head_row} |")
+    print("|---|" + "---:|" * (3 * len(sizes)))
     print(
-        f"\nThe FastIF paper reports about {PAPER_SPEEDUP}× (BERT on MNLI); here the largest "
-        f"measured speed-up (one test point, solve excluded) is {best:.1f}× — see the recall "
-        "columns for what it costs."
+        "| full (stored gradients) | " + " | ".join(f"{full_t[m]:.2f} | 1 | " for m in sizes) + " |"
     )
-    for r in rows:
-        if r.get("parallel"):
-            print(
-                "\n| `all` setting, k=1000 | 1 process s | 2 processes s | speed-up |\n"
-                "|---|---:|---:|---:|\n"
-                f"| LiSSA, 2 repetitions | {r['solve_s_1']:.2f} | {r['solve_s_2']:.2f} | "
-                f"{r['solve_s_1'] / r['solve_s_2']:.2f}× |\n"
-                f"| candidate scoring | {r['score_s_1']:.2f} | {r['score_s_2']:.2f} | "
-                f"{r['score_s_1'] / r['score_s_2']:.2f}× |\n\n"
-                f"Pool start-up (2 spawn workers, not included above): {r['pool_start_s']:.1f} s. "
-                f"Bit-identical between 1 and 2 processes: {r['identical']}; largest difference "
-                f"relative to the largest value: inverse-HVPs {r['s_rel_diff']:.1e}, scores "
-                f"{r['score_rel_diff']:.1e}; same top-10 helpful: {r['same_top10']} (worker "
-                "processes run 1 BLAS thread each, the single process 2)."
+    print(
+        "| full (gradients on demand) | "
+        + " | ".join(f"{demand_t[m]:.2f} | {full_t[m] / demand_t[m]:.2f} | 1" for m in sizes)
+        + " |"
+    )
+    for r in table:
+        t = r["times"]
+        print(
+            f"| FastIF {r['name']} | "
+            + " | ".join(
+                f"{t[m]:.3f} | {full_t[m] / t[m]:.1f} | {demand_t[m] / t[m]:.1f}" for m in sizes
             )
+            + " |"
+        )
+    print(f"\nThe FastIF paper reports about {PAPER_SPEEDUP}× (BERT on MNLI).")
 
 
 if __name__ == "__main__":

@@ -282,3 +282,88 @@ def test_penultimate_features_and_errors(mlp_problem):
     frame = fast.influence(test).to_frame()
     assert list(frame.columns) == ["test", "rank", "train_index", "score"] and len(frame) == 200
     assert recall_at_k(np.zeros((1, 1)), np.zeros((1, 1))) == 1.0
+
+
+def exact_ip_config(k, **kw):
+    return FastIFConfig(
+        k=k,
+        space="gradients",
+        projection=None,
+        index=IndexConfig(backend="exact", metric="ip"),
+        **kw,
+    )
+
+
+def test_preconditioned_retrieval_is_exact_with_exact_index_and_identity_projection(convex):
+    """Query (H+λI)⁻¹g_t over the unprojected training gradients: a maximum-inner-product
+    search whose top-k is the exact influence top-k (checked against an explicit Hessian)."""
+    model, train, test = convex
+    task = ClassificationTask()
+    ref = independent_scores(model, train, test).numpy()  # [m, n]
+    solver = ExactSolver(damping=0.0).fit(model, task, train, weight_decay=WD)
+    for rerank in (True, False):
+        fast = FastIF(model, task, train, solver, exact_ip_config(20, rerank=rerank))
+        result = fast.influence(test)
+        top = 5
+        h_idx, h_val = result.helpful(top)
+        a_idx, a_val = result.harmful(top)
+        for t in range(len(ref)):
+            order = np.argsort(-ref[t], kind="stable")
+            assert set(h_idx[t]) == set(order[:top])
+            assert set(a_idx[t]) == set(order[::-1][:top])
+            assert np.allclose(h_val[t], ref[t, h_idx[t]], rtol=1e-4, atol=1e-7)
+            assert np.allclose(a_val[t], ref[t, a_idx[t]], rtol=1e-4, atol=1e-7)
+
+
+def test_sparse_result_as_matrix_with_explicit_zeros(convex):
+    model, train, test = convex
+    task = ClassificationTask()
+    solver = ExactSolver(damping=0.0).fit(model, task, train, weight_decay=WD)
+    result = FastIF(model, task, train, solver, exact_ip_config(12)).influence(test)
+    M = result.matrix()
+    ref = independent_scores(model, train, test).numpy().T  # [n, m]
+    assert M.shape == (len(train[0]), len(test[0]))
+    for t in range(M.shape[1]):
+        cand = result.candidates[t][result.candidates[t] >= 0]
+        assert len(cand) == 12
+        assert np.allclose(M[cand, t], ref[cand, t], rtol=1e-6, atol=1e-9)
+        rest = np.setdiff1d(np.arange(M.shape[0]), cand)
+        assert np.all(M[rest, t] == 0.0)
+    assert np.array_equal(result.sparse().toarray(), M)
+
+
+def test_projected_store_index_uses_the_store_projection(convex, tmp_path):
+    from gradsift.grads.extract import ExtractConfig, extract
+
+    model, train, test = convex
+    task = ClassificationTask()
+    proj = ProjectionConfig(dim=4, seed=3)
+    store = extract(
+        model, task, train, tmp_path / "p", ExtractConfig(projection=proj, dtype="float64")
+    )
+    solver = ExactSolver(damping=0.0).fit(model, task, train, weight_decay=WD)
+    config = FastIFConfig(k=30, space="gradients", index=IndexConfig(metric="ip"))
+    fast = FastIF(model, task, train, solver, config, projected_store=store)
+    assert fast.projector is not None and fast.projector.config == proj
+    S = fast.solve(fast.test_gradients(test))
+    G = torch.cat([g for _, g in fast.gradient_blocks(np.arange(len(train[0])), None)])
+    approx = (fast.project(S) @ fast.project(G).T).numpy()  # [m, n] projected influence
+    cand = fast.candidates(test, S)
+    for t in range(len(cand)):
+        up = np.argsort(-approx[t])[:15]
+        assert set(up) <= set(cand[t])  # the 15 largest projected scores are candidates
+    with pytest.raises(GradsiftError, match="space='gradients'"):
+        FastIF(model, task, train, solver, FastIFConfig(k=3), projected_store=store)
+
+
+def test_fastif_recall_evaluator(convex):
+    from gradsift.evaluate import fastif_recall
+
+    model, train, test = convex
+    task = ClassificationTask()
+    ref = independent_scores(model, train, test).numpy().T  # [n, m]
+    solver = ExactSolver(damping=0.0).fit(model, task, train, weight_decay=WD)
+    exact = FastIF(model, task, train, solver, exact_ip_config(20)).influence(test)
+    assert fastif_recall(exact, ref, tops=(5,)) == {"helpful@5": 1.0, "harmful@5": 1.0}
+    few = FastIF(model, task, train, solver, exact_ip_config(2)).influence(test)
+    assert fastif_recall(few, ref, tops=(5,))["helpful@5"] == pytest.approx(0.2)

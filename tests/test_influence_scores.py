@@ -335,3 +335,47 @@ def test_self_influence_in_the_oga_comparison_table():
     assert table["self-if-exact"]["auroc"] == pytest.approx(table["self-if-cg"]["auroc"], abs=1e-6)
     for name in ("l2", "self-datainf", "self-if-exact"):
         assert table[name]["auroc"] > 0.97, (name, table[name])
+
+
+def test_defaults_track_all_parameters_of_a_small_model_and_say_so(trained):
+    model, train = trained["model"], trained["train"]
+    n_params = sum(p.numel() for p in model.parameters())  # 43
+    auto = InfluenceScorer(model, ClassificationTask(), "if-exact", damping=DAMPING)
+    assert auto.dim == n_params and "auto" in auto.settings()["tracked_choice"]
+    kept = InfluenceScorer(model, ClassificationTask(), "if-exact", damping=DAMPING, tracked="task")
+    assert kept.dim == 5 * 3 + 3  # the head only
+    given = InfluenceScorer(model, ClassificationTask(), "dot", tracked="all")
+    assert given.dim == n_params
+    # Hessian-free methods and given solvers keep the task's choice
+    assert InfluenceScorer(model, ClassificationTask(), "dot").dim == 18
+    solver = ExactSolver(damping=DAMPING).fit(model, ClassificationTask(), train)
+    assert InfluenceScorer(model, ClassificationTask(), "if-exact", solver=solver).dim == 18
+
+
+def test_default_damping_is_relative_to_the_mean_hessian_eigenvalue(trained):
+    from gradsift.influence.hessian import HessianOperator
+    from gradsift.influence.scores import RELATIVE_DAMPING, mean_eigenvalue
+
+    model, train = trained["model"], trained["train"]
+    task = MarginTask("all")
+    op = HessianOperator(model, task, train)
+    true_mean = float(torch.trace(op.dense())) / op.dim
+    assert mean_eigenvalue(op, probes=4000) == pytest.approx(true_mean, rel=0.1)
+    s = InfluenceScorer(model, task, "if-cg").fit(train)
+    assert s.solver.damping == pytest.approx(RELATIVE_DAMPING * abs(mean_eigenvalue(op)))
+    assert s.settings()["damping"] == s.solver.damping
+    assert "mean eigenvalue" in s.settings()["damping_rule"]
+    fixed = InfluenceScorer(model, task, "if-cg", damping=0.5)
+    assert fixed.solver.damping == 0.5 and fixed.settings()["damping_rule"] == "given"
+
+
+def test_lissa_minibatch_size_is_exposed(trained):
+    model, task = trained["model"], MarginTask("all")
+    s = InfluenceScorer(model, task, "if-lissa", lissa_batch_size=None, damping=DAMPING)
+    assert s.solver.batch_size is None
+    assert InfluenceScorer(model, task, "if-lissa", lissa_batch_size=16).solver.batch_size == 16
+    assert InfluenceScorer(model, task, "if-lissa", batch_size=7).solver.batch_size == 64
+    with pytest.raises(GradsiftError, match="lissa_batch_size"):
+        InfluenceScorer(model, task, "if-lissa", batch_size=None)
+    with pytest.raises(GradsiftError, match="lissa_batch_size"):
+        InfluenceScorer(model, task, "if-cg", lissa_batch_size=8)

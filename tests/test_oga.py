@@ -114,7 +114,9 @@ def test_self_influence_detectors_run_through_oga_like_any_other(moons):
         direct = get_detector(name).fit_score(context=ctx)
         np.testing.assert_allclose(out.results[name].scores, direct, rtol=1e-10, err_msg=name)
     tensors = (torch.as_tensor(data.train.X), torch.as_tensor(data.train.y))
-    exact = InfluenceScorer(at_best, task, "if-exact", damping=DEFAULT_DAMPING, weight_decay=wd)
+    exact = InfluenceScorer(
+        at_best, task, "if-exact", damping=DEFAULT_DAMPING, weight_decay=wd, tracked="task"
+    )
     np.testing.assert_allclose(
         out.results["self-if-exact"].scores, exact.fit(tensors).self_influence(tensors), rtol=1e-4
     )
@@ -134,7 +136,9 @@ def test_self_influence_in_a_checkpoint_ensemble_uses_each_checkpoint_model(moon
     expected = 0.0
     for ckpt in select_checkpoints(recorder, [10, 20]):
         m = CheckpointRecorder.load_into(copy.deepcopy(model), ckpt).eval()
-        scorer = InfluenceScorer(m, task, "if-exact", damping=DEFAULT_DAMPING).fit(tensors)
+        scorer = InfluenceScorer(m, task, "if-exact", damping=DEFAULT_DAMPING, tracked="task").fit(
+            tensors
+        )
         expected = expected + ckpt.lr * zscore(scorer.self_influence(tensors))
     np.testing.assert_allclose(out.results["self-if-exact"].scores, expected, atol=1e-4)
     with pytest.raises(ValueError, match="mode='sum'"):

@@ -24,7 +24,7 @@ from gradsift.influence import (
     LiSSASolver,
     make_solver,
 )
-from gradsift.task import ClassificationTask
+from gradsift.task import BinaryClassificationTask, ClassificationTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -244,7 +244,7 @@ def test_datainf_closed_form_per_block():
     X = solver.solve(V)
     for b in layout:
         Gb, Vb = G[:, b.offset : b.stop], V[:, b.offset : b.stop]
-        lam = 0.1 * float(Gb.pow(2).sum()) / (37 * b.numel) + 0.2
+        lam = 0.1 * float(Gb.pow(2).sum()) / (37 * b.numel)  # the paper's λ_l: no weight decay
         assert solver.block_damping[b.name] == pytest.approx(lam)
         expected = torch.stack(
             [sum(v - (gi @ v) / (lam + gi @ gi) * gi for gi in Gb) / (37 * lam) for v in Vb]
@@ -290,3 +290,56 @@ def test_identity_dtype_and_bad_input(setup):
         DataInfSolver().fit_operator(setup["op"])
     with pytest.raises(GradsiftError, match="all zero|zero"):
         DataInfSolver().fit_gradients(np.zeros((4, 2)))
+
+
+@pytest.fixture(scope="module")
+def heavy_rows():
+    """'heavy-rows logistic regression': 10 of 200 rows are 6× larger, so a mini-batch of 8
+    holding one has a Hessian ~8× the full-batch λ_max — built so that the pre-issue-13
+    rule (scale from the full-batch λ_max) diverges."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 5, generator=g, dtype=torch.float64)
+    x[:10] *= 6.0
+    y = torch.randint(0, 2, (200,), generator=g).double()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 1)).double()
+    opt = torch.optim.LBFGS(model.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(model(x)[:, 0], y) + 0.005 * sum(
+            p.pow(2).sum() for p in model.parameters()
+        )
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    op = HessianOperator(model.eval(), BinaryClassificationTask("all"), (x, y), weight_decay=0.01)
+    V = torch.randn(4, op.dim, generator=g, dtype=torch.float64)
+    return op, V
+
+
+def test_lissa_defaults_succeed_where_the_full_batch_scale_diverges(heavy_rows):
+    op, V = heavy_rows
+    ref = reference(op.dense(), V, 1e-3)
+    with pytest.raises(GradsiftError, match="diverged"):
+        LiSSASolver(batch_size=8, scale_from="full", max_restarts=0).fit_operator(op).solve(V)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # no restart, converged
+        lissa = LiSSASolver(batch_size=8).fit_operator(op)
+        X = lissa.solve(V)
+    assert lissa.batch_eigenvalue > 3 * float(torch.linalg.eigvalsh(op.dense())[-1])
+    assert lissa.diagnostics.restarts == 0
+    assert pearsonr(X.ravel(), ref.ravel())[0] > 0.98
+
+
+def test_lissa_restarts_with_a_safe_scale_and_reports_it(heavy_rows):
+    op, V = heavy_rows
+    ref = reference(op.dense(), V, 1e-3)
+    lissa = LiSSASolver(batch_size=8, scale_from="full").fit_operator(op)
+    first = lissa.scale
+    with pytest.warns(ConvergenceWarning, match="restart 1/4"):
+        X = lissa.solve(V)
+    assert lissa.diagnostics.restarts >= 1 and lissa.scale >= 2 * first
+    assert lissa.settings()["restarts"] == lissa.diagnostics.restarts
+    assert pearsonr(X.ravel(), ref.ravel())[0] > 0.9

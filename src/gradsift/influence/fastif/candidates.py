@@ -14,7 +14,14 @@ from gradsift.errors import GradsiftError
 from gradsift.influence.hessian import BatchSource
 from gradsift.task import Task, last_linear
 
-__all__ = ["batch_source", "merge_candidates", "penultimate_features"]
+__all__ = [
+    "batch_source",
+    "gradient_basis",
+    "gathered_scores",
+    "merge_candidates",
+    "penultimate_features",
+    "search_both_ways",
+]
 
 
 def penultimate_features(
@@ -58,13 +65,80 @@ def batch_source(
     return BatchSource(data, first.device, first.dtype, collate_fn)
 
 
-def merge_candidates(up: np.ndarray, down: np.ndarray, k: int) -> np.ndarray:
-    """Per row: ``up`` then ``down`` without duplicates, padded with ``-1`` to ``k``."""
+def merge_candidates(
+    up: np.ndarray, down: np.ndarray, k: int, values: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: ``up`` then ``down`` without duplicates, padded with ``-1`` to ``k``.
+
+    Returns ``(candidates int64 [m, k], values float64 [m, k])``: ``values`` carries the
+    matching entries of the optional ``(up_values, down_values)`` (NaN where ``-1``).
+    """
     out = np.full((len(up), k), -1, dtype=np.int64)
+    vals = np.full((len(up), k), np.nan)
     for t in range(len(up)):
         row = np.concatenate([up[t], down[t]])
-        row = row[row >= 0]
+        val = (
+            np.concatenate([values[0][t], values[1][t]])
+            if values is not None
+            else np.zeros(len(row))
+        )
+        ok = row >= 0
+        row, val = row[ok], val[ok]
         _, first = np.unique(row, return_index=True)
-        keep = row[np.sort(first)][:k]
-        out[t, : len(keep)] = keep
+        keep = np.sort(first)[:k]
+        out[t, : len(keep)] = row[keep]
+        vals[t, : len(keep)] = val[keep]
+    return out, vals
+
+
+def search_both_ways(index: Any, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Preconditioned retrieval: the ``⌈k/2⌉`` rows of largest ``qᵀx`` (helpful) and the
+    ``⌊k/2⌋`` of smallest (harmful, searched with ``−q``) in an inner-product ``index``.
+
+    Returns ``(candidates int64 [m, k], approx float64 [m, k])`` where ``approx`` is the
+    index's ``qᵀx`` (``−1`` / NaN padding). When ``q = P s_t`` and the index holds
+    ``P g_i``, ``approx`` is the projected influence (exact for ``P = I``).
+    """
+    half = -(-k // 2)
+    up_s, up = index.search(q, half)
+    if k > half:
+        down_s, down = index.search(-q, k - half)
+    else:
+        down_s, down = np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+    return merge_candidates(up, down, k, (up_s.astype(np.float64), -down_s.astype(np.float64)))
+
+
+def gathered_scores(
+    S: torch.Tensor, G_rows: torch.Tensor, where: np.ndarray, valid: np.ndarray
+) -> np.ndarray:
+    """``out[t, j] = S[t] · G_rows[where[t, j]]`` where ``valid`` (NaN elsewhere), float64.
+
+    Costs ``m × k × D`` (each test point against its own candidates only), unlike a dense
+    ``S · G_rowsᵀ`` whose cost grows with the union of all candidate sets.
+    """
+    out = np.full(where.shape, np.nan)
+    S64 = S.to(G_rows.dtype)
+    step = max(1, 2**24 // max(1, where.shape[1] * G_rows.shape[1]))
+    for s in range(0, len(S64), step):
+        w = torch.as_tensor(np.where(valid[s : s + step], where[s : s + step], 0))
+        G = G_rows[w]  # [c, k, D]
+        vals = torch.einsum("ckd,cd->ck", G, S64[s : s + step]).double().numpy()
+        out[s : s + step] = np.where(valid[s : s + step], vals, np.nan)
     return out
+
+
+def gradient_basis(G: torch.Tensor, dim: int) -> torch.Tensor:
+    """The top ``dim`` right singular vectors of sample gradients ``G [r, D]``: ``[D, dim']``
+    orthonormal columns (``dim' = min(dim, D, r)``), float32, largest first.
+
+    Preconditioned retrieval then indexes ``Vᵀ g_i`` and queries ``Vᵀ s_t``: the inner
+    product misses only ``s_tᵀ(I − VVᵀ)g_i``, small when the gradients lie near the span.
+    Eigen-decomposition of ``GᵀG`` (float64) for ``D ≤ 8192``, randomised SVD above.
+    """
+    G = G.detach().cpu().double()
+    r = min(dim, G.shape[0], G.shape[1])
+    if G.shape[1] <= 8192:
+        _, U = torch.linalg.eigh(G.T @ G)
+        return U.flip(1)[:, :r].float().contiguous()
+    _, _, V = torch.svd_lowrank(G, q=min(r + 10, min(G.shape)), niter=4)
+    return V[:, :r].float().contiguous()

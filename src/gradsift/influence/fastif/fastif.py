@@ -21,25 +21,27 @@ from torch.utils.data import Dataset, default_collate
 
 from gradsift.errors import GradsiftError
 from gradsift.grads.computer import GradientComputer
-from gradsift.grads.projection import Projector
+from gradsift.grads.projection import ProjectionConfig, Projector
 from gradsift.influence.fastif.candidates import (
     batch_source,
-    merge_candidates,
+    gathered_scores,
+    gradient_basis,
     penultimate_features,
+    search_both_ways,
 )
 from gradsift.influence.fastif.config import FastIFConfig, config_dict
 from gradsift.influence.fastif.parallel import (
     TrainGradients,
-    candidate_dots,
+    candidate_rows,
     check_train_gradients,
     gradient_blocks,
     make_pool,
     solve_parallel,
-    worker_dots,
+    worker_rows,
 )
 from gradsift.influence.neighbors import NeighborIndex, build_index
 from gradsift.influence.solvers import InverseHVP, LiSSASolver
-from gradsift.progress import track
+from gradsift.store.gradient_store import GradientStore
 from gradsift.task import Task
 
 __all__ = ["FastIF", "FastIFResult"]
@@ -80,6 +82,30 @@ class FastIFResult:
             val[t, : len(valid)] = self.scores[t, valid]
         return idx, val
 
+    def matrix(self, n_train: int | None = None) -> np.ndarray:
+        """The result as a train × test matrix float64 ``[n_train, m]`` with **explicit
+        zeros** for the pairs FastIF did not score (non-candidates): a sparse answer,
+        not the full influence matrix. ``n_train`` defaults to ``settings["n_train"]``."""
+        n = n_train if n_train is not None else self.settings.get("n_train")
+        if n is None:
+            raise GradsiftError("FastIFResult.matrix needs n_train (not in settings)")
+        t, r = np.nonzero(self.candidates >= 0)
+        out = np.zeros((int(n), self.n_test))
+        out[self.candidates[t, r], t] = self.scores[t, r]
+        return out
+
+    def sparse(self, n_train: int | None = None) -> Any:
+        """The same as a ``scipy.sparse.csr_array`` ``[n_train, m]`` (only candidates stored)."""
+        from scipy.sparse import csr_array
+
+        n = n_train if n_train is not None else self.settings.get("n_train")
+        if n is None:
+            raise GradsiftError("FastIFResult.sparse needs n_train (not in settings)")
+        t, r = np.nonzero(self.candidates >= 0)
+        return csr_array(
+            (self.scores[t, r], (self.candidates[t, r], t)), shape=(int(n), self.n_test)
+        )
+
     def to_frame(self) -> pd.DataFrame:
         """Long table: ``test``, ``rank`` (0 = most helpful), ``train_index``, ``score``."""
         t, r = np.nonzero(self.candidates >= 0)
@@ -107,6 +133,11 @@ class FastIF:
             for the candidates only.
         index: optional prebuilt index over the chosen space (e.g. an IVF index filled
             from a projected store); built on first use otherwise.
+        projected_store: a :class:`GradientStore` of **projected** training gradients
+            (``space="gradients"``): the index is built over its rows and test queries
+            are projected with its manifest's projection (``config.projection`` is then
+            ignored). Preconditioned retrieval: the query ``P s_t = P (H+λI)⁻¹ g_t``
+            finds the rows of largest ``(P s_t)ᵀ(P g_i) ≈ influence``.
         collate_fn: for Dataset inputs.
 
     Use :meth:`influence` for scores, :meth:`close` (or ``with FastIF(...)``) to stop
@@ -123,6 +154,7 @@ class FastIF:
         *,
         train_gradients: TrainGradients | None = None,
         index: NeighborIndex | None = None,
+        projected_store: GradientStore | None = None,
         collate_fn: Callable[[list[Any]], Any] = default_collate,
     ) -> None:
         if not solver.fitted:
@@ -138,11 +170,16 @@ class FastIF:
                 f"{self.computer.dim}: fit the solver with the same model and task"
             )
         self.train_gradients = check_train_gradients(train_gradients, self.n_train, solver.dim)
+        self.projected_store = projected_store
+        projection = config.projection
+        if projected_store is not None:
+            projection = _store_projection(projected_store, config, self.n_train)
         self.projector = (
-            Projector(self.computer.layout, config.projection)
-            if config.space == "gradients"
+            Projector(self.computer.layout, projection)
+            if config.space == "gradients" and projection is not None
             else None
         )
+        self.basis: torch.Tensor | None = None  # [D, r] for config.basis == "pca"
         self.index = index
         self.index_seconds = 0.0
         self._pool: ProcessPoolExecutor | None = None
@@ -157,7 +194,10 @@ class FastIF:
             vectors: Any = penultimate_features(
                 self.model, self.task, self.source, self.config.batch_size
             )
+        elif self.projected_store is not None:
+            vectors = self.projected_store
         else:
+            self._fit_basis()
             vectors = self._projected_train_blocks()
         self.index = build_index(vectors, self.config.index)
         if self.index.ntotal != self.n_train:
@@ -169,9 +209,26 @@ class FastIF:
         return self.index
 
     def _projected_train_blocks(self) -> Iterator[tuple[int, np.ndarray]]:
-        assert self.projector is not None
         for start, G in self.gradient_blocks(np.arange(self.n_train), "projected gradients"):
-            yield start, self.projector.project(G).float().numpy()
+            yield start, self.project(G).float().numpy()
+
+    def _fit_basis(self) -> None:
+        """PCA basis of a seeded sample of ``pca_rows`` training gradients (basis="pca")."""
+        if self.config.basis != "pca" or self.basis is not None:
+            return
+        rng = np.random.default_rng(self.config.index.seed)
+        take = np.sort(rng.choice(self.n_train, min(self.config.pca_rows, self.n_train), False))
+        sample = torch.cat([G for _, G in self.gradient_blocks(take, "PCA basis")])
+        self.basis = gradient_basis(sample, self.config.pca_dim)
+
+    def project(self, V: torch.Tensor) -> torch.Tensor:
+        """``P V`` in the index space: the PCA basis (``Vᵀ v``), the random projection, or
+        the identity (``projection=None``)."""
+        if self.config.space == "gradients" and self.config.basis == "pca":
+            self._fit_basis()
+            assert self.basis is not None
+            return V.to(self.basis.dtype) @ self.basis
+        return V if self.projector is None else self.projector.project(V)
 
     # ------------------------------------------------------------------ influence
     def test_gradients(self, test_data: Dataset | tuple[Any, ...]) -> torch.Tensor:
@@ -190,19 +247,20 @@ class FastIF:
 
     def candidates(self, test_data: Dataset | tuple[Any, ...], S: torch.Tensor) -> np.ndarray:
         """Candidate training indices per test point: int64 ``[m, k']`` (``-1`` = none)."""
+        return self._retrieve(test_data, S)[0]
+
+    def _retrieve(
+        self, test_data: Dataset | tuple[Any, ...], S: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Candidates and, for the gradient space, the index's projected influence."""
         index = self.build_index()
         k = min(self.config.k, self.n_train)
         if self.config.space == "features":
             queries = penultimate_features(
                 self.model, self.task, batch_source(self.model, test_data, self.collate_fn)
             )
-            return index.search(queries, k)[1]
-        assert self.projector is not None
-        q = self.projector.project(S).float().numpy()
-        half = -(-k // 2)
-        up = index.search(q, half)[1]
-        down = index.search(-q, k - half)[1] if k > half else np.zeros((len(q), 0), np.int64)
-        return merge_candidates(up, down, k)
+            return index.search(queries, k)[1], None
+        return search_both_ways(index, self.project(S).float().numpy(), k)
 
     def influence(
         self, test_data: Dataset | tuple[Any, ...], S: torch.Tensor | None = None
@@ -218,10 +276,13 @@ class FastIF:
         S = S.detach()
         timings["solve"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        cand = self.candidates(test_data, S)
+        cand, approx = self._retrieve(test_data, S)
         timings["search"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        scores = self.score_candidates(S, cand)
+        if self.config.rerank or approx is None:
+            scores = self.score_candidates(S, cand)
+        else:
+            scores = approx
         timings["scoring"] = time.perf_counter() - t0
         timings["index_build"] = self.index_seconds
         order = np.argsort(np.where(cand >= 0, -scores, np.inf), axis=1, kind="stable")
@@ -241,7 +302,9 @@ class FastIF:
 
         Per group of ``config.chunk`` test points, the gradients of the distinct candidate
         rows are computed once, in tasks of ``config.unit_rows`` rows (run by the worker
-        processes when ``workers > 1``; the split does not depend on ``workers``).
+        processes when ``workers > 1``; the split does not depend on ``workers``), and
+        each test point is dotted with its own candidates only (cost ``m·k·D``, not
+        ``m·|union of candidates|·D``).
         """
         if len(S) != len(candidates):
             raise GradsiftError(f"{len(S)} inverse-HVPs but {len(candidates)} candidate rows")
@@ -253,26 +316,24 @@ class FastIF:
             rows = np.unique(cand[valid])
             if len(rows) == 0:
                 continue
-            S_chunk = S[s : s + self.config.chunk].contiguous()
             units = [
                 rows[u : u + self.config.unit_rows]
                 for u in range(0, len(rows), self.config.unit_rows)
             ]
             if self.config.workers > 1:
-                S_chunk.share_memory_()
-                parts = list(self._executor().map(worker_dots, [S_chunk] * len(units), units))
+                parts = list(self._executor().map(worker_rows, units))
             else:
                 state = self._state()
-                parts = [candidate_dots(state, S_chunk, u) for u in track(units, "FastIF scoring")]
-            dense = torch.cat(parts, dim=1)  # [c, len(rows)]
-            t_idx, _ = np.nonzero(valid)
-            where = np.searchsorted(rows, cand[valid])
-            block = out[s : s + self.config.chunk]
-            block[valid] = dense[torch.as_tensor(t_idx), torch.as_tensor(where)].numpy()
+                parts = [candidate_rows(state, u) for u in units]
+            where = np.searchsorted(rows, np.where(valid, cand, rows[0]))
+            S_chunk = S[s : s + self.config.chunk]
+            out[s : s + self.config.chunk] = gathered_scores(
+                S_chunk, torch.cat(parts), where, valid
+            )
         return out
 
     def gradient_blocks(
-        self, rows: np.ndarray, description: str = "train gradients"
+        self, rows: np.ndarray, description: str | None = "train gradients"
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """``(first_row, G [b, D])`` training-gradient blocks of the sorted distinct ``rows``
         (computed on demand or gathered from ``train_gradients``)."""
@@ -304,3 +365,22 @@ class FastIF:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _store_projection(store: GradientStore, config: FastIFConfig, n: int) -> ProjectionConfig:
+    """The projection of a projected store that FastIF indexes (checked against the task)."""
+    st = store.settings
+    if config.space != "gradients":
+        raise GradsiftError("projected_store is an index over gradients: use space='gradients'")
+    if config.basis == "pca":
+        raise GradsiftError("projected_store brings its own projection: use basis='random'")
+    if st.projection is None:
+        raise GradsiftError(
+            "projected_store holds unprojected gradients: pass them as train_gradients "
+            "(and projection=None to index them as they are)"
+        )
+    if st.extra.get("measurement"):
+        raise GradsiftError("projected_store holds test-side (measurement) gradients")
+    if store.n_rows != n:
+        raise GradsiftError(f"projected_store holds {store.n_rows} rows, training data {n}")
+    return ProjectionConfig(**st.projection)

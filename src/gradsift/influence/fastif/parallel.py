@@ -1,7 +1,7 @@
 """FastIF's parallel execution: training-gradient blocks, the worker pool, parallel LiSSA.
 
 Work is split into units that do not depend on the number of workers (candidate rows in
-blocks of ``unit_rows``; one LiSSA chain per seed) and combined in a fixed order, so
+blocks of ``unit_rows``, whose gradients the workers return; one LiSSA chain per seed) and combined in a fixed order, so
 results do not depend on it. Workers are ``spawn`` processes initialised with the state
 of a :class:`~gradsift.influence.fastif.fastif.FastIF` (:func:`init_worker`): its gradient
 computer, training data, optional stored gradients and LiSSA solver.
@@ -21,17 +21,18 @@ import torch.multiprocessing as tmp
 
 from gradsift.errors import GradsiftError
 from gradsift.influence.solvers import LiSSASolver, SolverDiagnostics
+from gradsift.influence.solvers.lissa import LiSSADivergence
 from gradsift.progress import track
 from gradsift.store.gradient_store import GradientStore
 
 __all__ = [
     "TrainGradients",
-    "candidate_dots",
+    "candidate_rows",
     "check_train_gradients",
     "gradient_blocks",
     "make_pool",
     "solve_parallel",
-    "worker_dots",
+    "worker_rows",
 ]
 
 #: Precomputed training gradients ``[n, D]``: a matrix, memmap or unprojected store.
@@ -43,7 +44,9 @@ def solve_parallel(solver: LiSSASolver, V: torch.Tensor, executor: Executor) -> 
     ``executor``; chains are averaged in seed order, as the serial solver does.
 
     The executor's workers must have been initialised with this solver (see
-    :func:`make_pool`). Diagnostics (residuals, scale) are recorded on the solver.
+    :func:`make_pool`). Diagnostics (residuals, scale) are recorded on the solver. When a
+    chain diverges with the automatic scale, the scale is doubled and the solve reruns in
+    this process (the workers hold the old scale); see :meth:`LiSSASolver.restart_or_raise`.
     """
     if not solver.fitted:
         raise GradsiftError("LiSSASolver is not fitted; call fit(...) first")
@@ -54,8 +57,12 @@ def solve_parallel(solver: LiSSASolver, V: torch.Tensor, executor: Executor) -> 
     W = V_in.to(op.device, op.dtype)
     seeds = [solver.seed + r for r in range(solver.repetitions)]
     X = torch.zeros_like(W)
-    for chain in executor.map(_worker_chain, [W] * len(seeds), seeds):
-        X += chain
+    try:
+        for chain in executor.map(_worker_chain, [W] * len(seeds), seeds):
+            X += chain
+    except LiSSADivergence as err:
+        solver.restart_or_raise(err, stacklevel=3)
+        return solver.solve(V_in)
     X /= solver.repetitions
     diag = SolverDiagnostics(method=solver.name, damping=solver.damping, rows=W.shape[0])
     solver.check_chains(W, X, diag, stacklevel=3)
@@ -89,19 +96,18 @@ def init_worker(state: dict[str, Any], threads: int) -> None:
     _WORKER.update(state)
 
 
-def worker_dots(S: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
-    """``candidate_dots`` in a worker process (on the state of :func:`init_worker`)."""
-    return candidate_dots(_WORKER, S, rows)
+def worker_rows(rows: np.ndarray) -> torch.Tensor:
+    """``candidate_rows`` in a worker process (on the state of :func:`init_worker`)."""
+    return candidate_rows(_WORKER, rows)
 
 
 def _worker_chain(V: torch.Tensor, seed: int) -> torch.Tensor:
     return _WORKER["solver"].run_chain(V, seed).detach()
 
 
-def candidate_dots(state: dict[str, Any], S: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
-    """``S [c, D] · g_iᵀ`` for the sorted distinct training ``rows``: float64 ``[c, len(rows)]``."""
-    parts = [(S.to(G.dtype) @ G.T).double() for _, G in gradient_blocks(state, rows)]
-    return torch.cat(parts, dim=1)
+def candidate_rows(state: dict[str, Any], rows: np.ndarray) -> torch.Tensor:
+    """Training gradients ``[len(rows), D]`` of the sorted distinct ``rows``."""
+    return torch.cat([G for _, G in gradient_blocks(state, rows)])
 
 
 def gradient_blocks(

@@ -47,6 +47,7 @@ class SolverDiagnostics:
         iterations: CG iterations / LiSSA steps per chain (None for closed forms).
         converged: whether the residual met the solver's tolerance (None: not checked).
         scale: LiSSA scale ``s``; ``top_eigenvalue``: the power-iteration estimate used.
+        restarts: LiSSA restarts with a doubled automatic scale after a diverged chain.
         block_damping: DataInf's per-block ``λ_l``.
         seconds: wall time of the solve.
     """
@@ -60,6 +61,7 @@ class SolverDiagnostics:
     converged: bool | None = None
     scale: float | None = None
     top_eigenvalue: float | None = None
+    restarts: int = 0
     block_damping: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
