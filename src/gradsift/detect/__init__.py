@@ -16,7 +16,7 @@ training data from a :class:`DetectionContext`::
 Checkpoint ensembles (TracIn-style learning-rate weighting): :func:`ensemble_scores`.
 """
 
-from . import self_influence  # noqa: F401, E402  (registers the self-influence detectors)
+from . import self_influence, training_dynamics  # noqa: F401  (register self-*, aum, forgetting)
 from .base import Detector, NotFittedError, check_gradients, check_losses
 from .context import DetectionContext
 from .ensemble import ensemble_scores
