@@ -92,3 +92,54 @@ def test_bad_input_is_refused():
         choose_epoch(val_accuracy=[])
     with pytest.raises(ValueError, match="epochs"):
         choose_epoch(val_accuracy=[0.5, 0.6], val_loss=[1.0])
+
+
+def test_detect_table_takes_gradients_over_the_chosen_window(one_thread):
+    """The detect path retrains for the window's last epoch and sums the L2 scores of the
+    window's checkpoints; both are recomputed here from an independent training run."""
+    from sklearn.datasets import load_digits
+
+    from gradsift.detect.oga import OGAConfig
+    from gradsift.experiments.datasets import from_arrays
+    from gradsift.experiments.models import mlp
+    from gradsift.experiments.pipeline import train_and_rank
+    from gradsift.experiments.tabular import Table, detect_table, standardized
+    from gradsift.experiments.training import TrainConfig, train_classifier
+
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:400].astype(np.float32), y[:400].astype(np.int64)
+    y[::7] = (y[::7] + 3) % 10  # label noise, so the validation curve is noisy
+    table = Table(X, y, [f"f{i}" for i in range(X.shape[1])])
+    train = TrainConfig(epochs=12, seed=3)
+    got = detect_table(table, "mlp", train, OGAConfig(detectors=["l2"]), hidden=(32,))
+
+    std = standardized(table)
+    split = from_arrays(std.X, std.y, val_fraction=0.2, seed=3, n_classes=10)
+    history = train_classifier(
+        mlp(64, 10, hidden=(32,), seed=3),
+        split.train.X,
+        split.train.y,
+        train,
+        val=(split.val.X, split.val.y),
+    )
+    assert len(history.val_loss) == 12
+    choice = choose_epoch(history)
+    assert got.info["checkpoint_choice"] == json.loads(json.dumps(choice.to_dict()))
+    assert [c["epoch"] for c in got.oga.checkpoints] == list(choice.epochs)
+    final = TrainConfig(**{**train.__dict__, "epochs": max(choice.epochs)})
+    single = {
+        e: train_and_rank(
+            mlp(64, 10, hidden=(32,), seed=3),
+            (std.X, std.y),
+            final,
+            {"l2": OGAConfig(detectors=["l2"], checkpoint=[e])},
+            progress=False,
+        )
+        .oga["l2"]
+        .results["l2"]
+        .scores
+        for e in choice.epochs
+    }
+    # constant learning rate: the window's score is η · Σ_k (l2 score at epoch k)
+    expected = train.lr * np.sum(list(single.values()), axis=0)
+    np.testing.assert_allclose(got.oga.results["l2"].scores, expected, rtol=1e-5)

@@ -138,7 +138,9 @@ def test_report_section_images_and_heatmap(digits, tmp_path):
     )
 
 
-def test_run_explain_writes_report_and_csv(tmp_path):
+def test_run_explain_result_renders_report_and_csv(tmp_path):
+    from gradsift.report.pages import explain_report
+
     run = run_explain(
         dataset="half_moons",
         noise=0.0,
@@ -147,14 +149,12 @@ def test_run_explain_writes_report_and_csv(tmp_path):
         n_auto=2,
         top=3,
         k=100,
-        report_path=tmp_path / "e.html",
-        csv_path=tmp_path / "e.csv",
     )
-    assert run.report_path is not None and run.report_path.exists()
-    html = run.report_path.read_text()
+    html = explain_report(run).save(tmp_path / "e.html").read_text()
     assert '<table class="sample">' in html  # tabular rows rendered as tables
     assert "Content-Security-Policy" in html
-    csv = run.csv_path.read_text().splitlines()
+    run.explanations.to_frame().to_csv(tmp_path / "e.csv", index=False)
+    csv = (tmp_path / "e.csv").read_text().splitlines()
     assert csv[0] == "test_index,kind,rank,train_index,score"
     assert len(csv) - 1 == len(run.info["test_indices"]) * 2 * 3
     json.dumps(run.info)  # JSON-serialisable for the CLI's --json
@@ -174,4 +174,4 @@ def test_cli_explain_json_and_bad_input(tmp_path):
     assert payload["info"]["test_indices"] == [4, 9]
     assert len(payload["scores"]) == 2 * 2 * 2 and (tmp_path / "r.html").exists()
     bad = runner.invoke(app, ["explain", "--dataset", "half_moons", "--noise", "0.2"])
-    assert bad.exit_code == 2 and "takes no 'noise'" in bad.output
+    assert bad.exit_code == 2 and "has its own fixed label noise; drop --noise" in bad.output

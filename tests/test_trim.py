@@ -477,7 +477,9 @@ def test_trim_cli_writes_report_csv_and_resumes(tmp_path: Path) -> None:
     assert (tmp_path / "r.html").read_text().count("<section") == 3
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert len(runs) == 18 and set(runs["method"]) == {"none", "l2", "random", "oracle"}
-    again = runner.invoke(app, args, env={"GRADSIFT_PROGRESS": "0"})
+    refused = runner.invoke(app, args, env={"GRADSIFT_PROGRESS": "0"})
+    assert refused.exit_code == 2 and "--overwrite" in refused.output
+    again = runner.invoke(app, [*args, "--overwrite"], env={"GRADSIFT_PROGRESS": "0"})
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["info"]["n_cached"] == 18
     bad = runner.invoke(app, ["trim", "--dataset", "nope", "--jobs", "1"])

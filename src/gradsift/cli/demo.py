@@ -8,12 +8,15 @@ import typer
 
 from gradsift.cli.app import (
     app,
+    check_output,
     emit_json,
-    fail,
     metrics_table,
     out,
+    shown,
     split_names,
     timings_table,
+    user_errors,
+    write_atomically,
 )
 from gradsift.config import DEFAULT_DETECTORS
 
@@ -41,11 +44,13 @@ def demo(
     report: Path | None = typer.Option(
         None, "--report", help="Also write a self-contained HTML report here."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --report file."),
 ) -> None:
     """Digits with flipped labels: train, run OGA with every detector, score against the known flips."""
     from gradsift.experiments.demo import run_demo
 
-    try:
+    check_output(report, "--report", overwrite)
+    with user_errors():
         result = run_demo(
             noise=noise,
             seed=seed,
@@ -53,12 +58,10 @@ def demo(
             detectors=split_names(detectors),
             modes=split_names(checkpoints),
         )
-    except ValueError as err:
-        fail(str(err))
-    if report is not None:
-        from gradsift.report.pages import demo_report
+        if report is not None:
+            from gradsift.report.pages import demo_report
 
-        demo_report(result).save(report)
+            write_atomically(report, demo_report(result).save)
     if as_json:
         emit_json({"info": result.info, "rows": result.rows, "timings": result.timings})
         return
@@ -75,4 +78,4 @@ def demo(
     )
     out.print(timings_table(result.timings))
     if report is not None:
-        out.print(f"report: [bold]{report}[/]")
+        out.print(f"report: [bold]{shown(report)}[/]")

@@ -9,20 +9,45 @@ from rich.table import Table
 
 from gradsift.cli.app import (
     app,
+    check_output,
     emit_json,
     fail,
+    notice,
     out,
+    shown,
     split_names,
+    user_errors,
+    write_atomically,
 )
+
+
+def parse_checkpoint(value: str) -> str | list[int]:
+    """``best``, ``final``, ``ensemble`` or comma-separated epochs (``"3,7"``)."""
+    if value in ("best", "final", "ensemble"):
+        return value
+    try:
+        epochs = [int(e) for e in split_names(value)]
+    except ValueError:
+        epochs = []
+    if not epochs:
+        fail(f"--checkpoint must be best, final, ensemble or comma-separated epochs, got {value!r}")
+    return epochs
 
 
 @app.command()
 def detect(
     data: Path = typer.Argument(
         None,
-        help="CSV (numeric feature columns + a label column) or NPZ (arrays X, y). Not needed with --model.",
+        help="CSV/TSV (numeric feature columns + a label column) or NPZ (arrays X, y). Not needed with --model.",
     ),
     label_column: str = typer.Option("label", help="CSV: the label column."),
+    id_column: str | None = typer.Option(
+        None,
+        help="CSV/NPZ: a column of row IDs (text or numbers): not a feature, kept in the scores CSV, report and JSON.",
+    ),
+    sep: str | None = typer.Option(
+        None, help="CSV column separator, e.g. ';' or 'tab' (default: tab for .tsv, else ',')."
+    ),
     x_key: str = typer.Option("X", help="NPZ: the feature array's key."),
     y_key: str = typer.Option("y", help="NPZ: the label array's key."),
     classifier: str = typer.Option("mlp", help="Classifier trained on the table: logreg or mlp."),
@@ -45,15 +70,22 @@ def detect(
         help="Comma-separated detectors; the first one ranks the summary.",
     ),
     budget: float = typer.Option(0.1, help="Flag this fraction (< 1) or count (>= 1) of rows."),
-    checkpoint: str = typer.Option("best", help="best (early stopping), final, or ensemble."),
+    checkpoint: str = typer.Option(
+        "best", help="best (early stopping), final, ensemble, or comma-separated epochs."
+    ),
     seed: int = typer.Option(0, help="Seed for splits, training and detectors."),
     output: Path = typer.Option(
-        Path("gradsift-scores.csv"), "--out", help="Where to write per-row scores, ranks and flags."
+        Path("gradsift-scores.csv"),
+        "--out",
+        help="Where to write per-row scores, 1-based ranks (1 = most suspicious) and flags.",
     ),
     top: int = typer.Option(10, help="Rows to show in the summary."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     report: Path | None = typer.Option(
         None, "--report", help="Also write a self-contained HTML report here."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace existing --out / --report files."
     ),
 ) -> None:
     """Score every training row of your data; the highest scores are the likeliest mislabeled."""
@@ -63,28 +95,46 @@ def detect(
     from gradsift.experiments.training import TrainConfig
     from gradsift.task import parse_tracked
 
-    try:
+    if not model and data is None:
+        fail("give a data file (CSV/TSV/NPZ) or --model package.module:factory")
+    check_output(output, "--out", overwrite)
+    check_output(report, "--report", overwrite)
+    if report is not None and report.resolve() == output.resolve():
+        fail("--out and --report name the same file")
+    with user_errors():
         config = OGAConfig(
             detectors=split_names(detectors),
             budget=parse_budget(budget),
-            checkpoint=checkpoint,
+            checkpoint=parse_checkpoint(checkpoint),  # type: ignore[arg-type]
             seed=seed,
         )
         if model:
             tracked_spec = parse_tracked(tracked) if tracked else None
             run = detect_user_model(model, config, tracked_spec)
-        elif data is not None:
-            train = TrainConfig(epochs=epochs, lr=lr, seed=seed)
-            run = detect_file(data, label_column, x_key, y_key, classifier, hidden, train, config)
         else:
-            fail("give a data file (CSV/NPZ) or --model package.module:factory")
-    except ValueError as err:
-        fail(str(err))
-    run.scores.to_csv(output)
-    if report is not None:
-        from gradsift.report.pages import detect_report
+            train = TrainConfig(epochs=epochs, lr=lr, seed=seed)
+            run = detect_file(
+                data,
+                label_column,
+                x_key,
+                y_key,
+                classifier,  # type: ignore[arg-type]
+                hidden,
+                train,
+                config,
+                id_column=id_column,
+                sep=sep,
+            )
+        page = None
+        if report is not None:
+            from gradsift.report.pages import detect_report
 
-        detect_report(run).save(report)
+            page = detect_report(run)
+        write_atomically(output, run.scores.to_csv)
+        if page is not None:
+            write_atomically(report, page.save)
+    for line in run.info.get("notices", []):
+        notice(line)
     names = run.detectors
     ranked = run.most_suspicious(top)
     flagged = run.flagged()
@@ -95,27 +145,37 @@ def detect(
                 "detectors": names,
                 "flagged": flagged,
                 "scores_csv": str(output),
+                "report": None if report is None else str(report),
                 "top": ranked.reset_index().to_dict(orient="records"),
             }
         )
         return
     primary = names[0]
     out.print(
-        f"[bold]{run.info['n']}[/] rows scored; flagged per detector at budget {config.budget}: {flagged}"
+        f"[bold]{run.info['n']}[/] rows scored; flagged per detector at budget "
+        f"{config.budget}: {shown(flagged)}"
     )
-    table = Table(title=f"Most suspicious rows by {primary} (higher score = more suspicious)")
-    for col in ("row", "label", "predicted", "score", *(f"{n} rank" for n in names[1:])):
+    if "checkpoint" in run.info:
+        out.print(f"checkpoint: {shown(run.info['checkpoint'])}")
+    id_col = run.info.get("id_column")
+    table = Table(
+        title=f"Most suspicious rows by {shown(primary)} (higher score = more suspicious; "
+        "ranks 1-based)"
+    )
+    columns = ["row", *([shown(id_col)] if id_col else []), "label", "predicted", "score"]
+    for col in (*columns, *(f"{shown(n)} rank" for n in names[1:])):
         table.add_column(col, justify="right")
     for index, row in ranked.iterrows():
         ranks = [str(int(row[f"{n}_rank"])) for n in names[1:]]
         table.add_row(
             str(index),
-            str(row.get("label", "")),
-            str(row.get("predicted", "")),
+            *([shown(row[id_col])] if id_col else []),
+            shown(row.get("label", "")),
+            shown(row.get("predicted", "")),
             f"{row[f'{primary}_score']:.4g}",
             *ranks,
         )
     out.print(table)
-    out.print(f"per-row scores, ranks and flags: [bold]{output}[/]")
+    out.print(f"per-row scores, ranks and flags: [bold]{shown(output)}[/]")
     if report is not None:
-        out.print(f"report: [bold]{report}[/]")
+        out.print(f"report: [bold]{shown(report)}[/]")

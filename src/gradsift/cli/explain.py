@@ -9,10 +9,14 @@ from rich.table import Table
 
 from gradsift.cli.app import (
     app,
+    check_output,
     emit_json,
     fail,
     out,
+    shown,
     split_names,
+    user_errors,
+    write_atomically,
 )
 from gradsift.config import DEFAULT_DAMPING
 
@@ -40,38 +44,54 @@ def explain_command(
     seed: int = typer.Option(0, help="Seed of the split, the noise and training."),
     report: Path = typer.Option(Path("explain.html"), help="Self-contained HTML report."),
     csv: Path | None = typer.Option(None, help="Also write every score as CSV."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace existing --report / --csv files."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Explain test predictions by their most helpful and harmful training samples (HTML report with images and a train × test influence heatmap)."""
     from gradsift.experiments.explain_run import run_explain
+    from gradsift.report.pages import explain_report
 
+    check_output(report, "--report", overwrite)
+    check_output(csv, "--csv", overwrite)
     try:
+        test_indices = [int(t) for t in split_names(test)] or None
+    except ValueError:
+        fail(f"--test must be comma-separated test-set indices, got {test!r}")
+    with user_errors():
         run = run_explain(
             dataset=dataset,
             noise=noise,
             seed=seed,
             hidden=hidden,
             epochs=epochs,
-            test_indices=[int(t) for t in split_names(test)] or None,
+            test_indices=test_indices,
             method=method,
             top=top,
             k=k,
             space=space,
             damping=damping,
             workers=workers,
-            report_path=report,
-            csv_path=csv,
             n_train=n_train,
         )
-    except ValueError as err:
-        fail(str(err))
-    frame = run.explanations.to_frame()
+        frame = run.explanations.to_frame()
+        write_atomically(report, explain_report(run).save)
+        if csv is not None:
+            write_atomically(csv, lambda tmp: frame.to_csv(tmp, index=False))
     if as_json:
         emit_json(
-            {"info": run.info, "report": str(run.report_path), "scores": frame.to_dict("records")}
+            {
+                "info": run.info,
+                "report": str(report),
+                "csv": None if csv is None else str(csv),
+                "scores": frame.to_dict("records"),
+            }
         )
         return
-    table = Table(title=f"Strongest training samples per test point ({method}; positive = helpful)")
+    table = Table(
+        title=f"Strongest training samples per test point ({shown(method)}; positive = helpful)"
+    )
     for col in ("test", "most helpful", "score", "most harmful", "score "):
         table.add_column(col, justify="right")
     for t, rows in frame[frame["rank"] == 1].groupby("test_index"):
@@ -87,7 +107,7 @@ def explain_command(
     out.print(
         f"{run.info['n_train']} training samples ({run.info['n_flipped']} flipped); flipped among "
         f"the shown helpful {run.info['flipped_among_helpful']:.0%}, harmful "
-        f"{run.info['flipped_among_harmful']:.0%}. Report: {run.report_path}"
+        f"{run.info['flipped_among_harmful']:.0%}. Report: {shown(report)}"
     )
 
 

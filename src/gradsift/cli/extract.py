@@ -11,6 +11,8 @@ from gradsift.cli.app import (
     emit_json,
     fail,
     out,
+    shown,
+    user_errors,
 )
 
 
@@ -54,19 +56,25 @@ def extract_cmd(
     device: str = typer.Option(
         "auto", help="auto (the rank's GPU under nccl, else CPU), cpu, cuda:N."
     ),
+    verify: str = typer.Option(
+        "full",
+        help="Check of the shards of an earlier run before resuming: full (sha256) or header (sizes and headers).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Per-sample gradients into a sharded store. Run under torchrun to split the shards over processes and nodes."""
     from gradsift.distributed.jobs import run_extract
     from gradsift.task import parse_tracked
 
+    if verify not in ("full", "header"):
+        fail(f"--verify must be full or header, got {verify!r}")
     builtin = None
-    if dataset:  # the built-in data sets need scikit-learn: import only when asked for
-        from gradsift.experiments.pipeline import BuiltinModel
+    with user_errors():
+        if dataset:  # the built-in data sets need scikit-learn: import only when asked for
+            from gradsift.experiments.pipeline import BuiltinModel
 
-        ckpt = str(checkpoint) if checkpoint else None
-        builtin = BuiltinModel(dataset, arch, ckpt, epochs, noise, seed, split)
-    try:
+            ckpt = str(checkpoint) if checkpoint else None
+            builtin = BuiltinModel(dataset, arch, ckpt, epochs, noise, seed, split)
         summary = run_extract(
             str(store),
             model=model,
@@ -82,15 +90,16 @@ def extract_cmd(
             measurement=measurement,
             overwrite=overwrite,
             device=device,
+            verify=verify,  # type: ignore[arg-type]
         )
-    except ValueError as err:
-        fail(str(err))
     if summary["is_main"]:
         if as_json:
             emit_json(summary)
         else:
+            repaired = f" {shown(summary['shards_repaired'])}" if summary["shards_repaired"] else ""
             out.print(
-                f"{summary['store']}: {summary['rows']} rows × {summary['dim']} ({summary['dtype']}), {summary['shards']} shards: "
-                f"{summary['shards_written']} written, {summary['shards_resumed']} resumed; {summary['world_size']} process(es), "
+                f"{shown(summary['store'])}: {summary['rows']} rows × {summary['dim']} ({summary['dtype']}), {summary['shards']} shards: "
+                f"{summary['shards_written']} written, {summary['shards_resumed']} resumed, "
+                f"{len(summary['shards_repaired'])} repaired{repaired}; {summary['world_size']} process(es), "
                 f"backend {summary['backend']}, {summary['seconds']:.1f} s"
             )

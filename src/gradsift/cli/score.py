@@ -8,9 +8,12 @@ import typer
 
 from gradsift.cli.app import (
     app,
+    check_output,
     emit_json,
     fail,
     out,
+    shown,
+    user_errors,
 )
 
 
@@ -21,7 +24,10 @@ def score_cmd(
         "l2", help="l1, l2, loss, random, iforest, ecod, knn, lof, pyod:<name>, or self-influence."
     ),
     out_path: Path | None = typer.Option(
-        None, "--out", help="Output: .csv or .npy (scores), .npz (top-k). Written by rank 0."
+        None,
+        "--out",
+        help="Output: .csv (scores, 1-based ranks, flags) or .npy (scores), .npz (top-k). "
+        "Written by rank 0. Default: scores.csv or topk.npz.",
     ),
     sample_size: int = typer.Option(
         10_000, help="Rows (seeded sample) that fitted detectors are fitted on."
@@ -41,13 +47,22 @@ def score_cmd(
     block_rows: int | None = typer.Option(
         None, help="Rows per streamed block (default: rows per shard)."
     ),
+    verify: str = typer.Option(
+        "full",
+        help="Store check on open: full (sha256 of every shard, on rank 0 only) or header (sizes and headers).",
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Stream detector scores or pairwise top-k over a store in bounded memory; run under torchrun to split the rows."""
     from gradsift.config import parse_budget
     from gradsift.distributed.jobs import run_score
 
-    try:
+    if verify not in ("full", "header"):
+        fail(f"--verify must be full or header, got {verify!r}")
+    default = "topk.npz" if test is not None else "scores.csv"
+    check_output(out_path or Path(default), "--out", overwrite)
+    with user_errors():
         summary = run_score(
             str(store),
             out=str(out_path) if out_path else None,
@@ -60,9 +75,8 @@ def score_cmd(
             metric=metric,
             preconditioner=str(preconditioner) if preconditioner else None,
             block_rows=block_rows,
+            verify=verify,  # type: ignore[arg-type]
         )
-    except ValueError as err:
-        fail(str(err))
     if summary["is_main"]:
         if as_json:
             emit_json(summary)
@@ -70,8 +84,8 @@ def score_cmd(
             what = (
                 f"top-{summary['k']} ({summary['metric']}) of {summary['n_test']} test rows"
                 if summary["mode"] == "topk"
-                else f"{summary['detector']} scores, {summary['n_flagged']} flagged"
+                else f"{shown(summary['detector'])} scores, {summary['n_flagged']} flagged"
             )
             out.print(
-                f"{what} over {summary.get('rows', summary.get('n'))} rows → {summary['out']} ({summary['world_size']} process(es), {summary['seconds']:.1f} s)"
+                f"{what} over {summary.get('rows', summary.get('n'))} rows → {shown(summary['out'])} ({summary['world_size']} process(es), {summary['seconds']:.1f} s)"
             )

@@ -8,10 +8,13 @@ import typer
 
 from gradsift.cli.app import (
     app,
+    check_output,
     emit_json,
-    fail,
     out,
+    shown,
     split_names,
+    user_errors,
+    write_atomically,
 )
 
 
@@ -67,6 +70,9 @@ def trim(
     runs_csv: Path | None = typer.Option(
         None, "--out", help="Write every training run (one row each) as CSV."
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace existing --report / --out files."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Does removing the flagged samples help? Retrain against random removal, no trimming and the oracle."""
@@ -79,7 +85,9 @@ def trim(
         trim_dataset,
     )
 
-    try:
+    check_output(report, "--report", overwrite)
+    check_output(runs_csv, "--out", overwrite)
+    with user_errors():
         config = TrimConfig(
             budgets=tuple(float(b) for b in split_names(budgets)),
             seeds=tuple(int(s) for s in split_names(seeds)),
@@ -97,16 +105,14 @@ def trim(
             checkpoint=checkpoint,
             config=config,
         )
-    except ValueError as err:
-        fail(str(err))
-    if report is not None:
-        from gradsift.report.pages import trim_report
+        if report is not None:
+            from gradsift.report.pages import trim_report
 
-        t0 = time.perf_counter()
-        trim_report(run).save(report)
-        run.timings["report"] = time.perf_counter() - t0
-    if runs_csv is not None:
-        run.trim.runs.to_csv(runs_csv, index=False)
+            t0 = time.perf_counter()
+            write_atomically(report, trim_report(run).save)
+            run.timings["report"] = time.perf_counter() - t0
+        if runs_csv is not None:
+            write_atomically(runs_csv, lambda tmp: run.trim.runs.to_csv(tmp, index=False))
     summary = {
         **run.to_dict(),
         "report": None if report is None else str(report),
@@ -117,10 +123,10 @@ def trim(
         return
     info = summary["info"]
     out.print(
-        f"[bold]{summary['dataset']}[/]: {summary['n_train']} training samples, {summary['n_flipped']} flipped; "
+        f"[bold]{shown(summary['dataset'])}[/]: {summary['n_train']} training samples, {summary['n_flipped']} flipped; "
         f"{info['n_runs']} training runs ({info['n_trained']} trained, {info['n_cached']} from the cache) "
         f"in {info['wall_seconds']:.0f} s; gradients at epoch {summary['checkpoints']}."
     )
     print(run.trim.to_markdown())
     if report is not None:
-        out.print(f"report: [bold]{report}[/]")
+        out.print(f"report: [bold]{shown(report)}[/]")

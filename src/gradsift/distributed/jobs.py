@@ -9,6 +9,12 @@ Both run unchanged as one process or under ``torchrun`` (the command modules in
     torchrun --standalone --nproc-per-node 2 "$(which gradsift)" score runs/grads \\
         --detector iforest --out scores.csv
 
+Opening a store verifies it (``verify="full"``: sizes, headers and sha256 of every shard;
+``"header"``: no hashing). Under ``torchrun`` only rank 0 hashes; the other ranks check
+sizes and headers, and all ranks agree before any work. A test store (``--test``) must
+match the train store (:func:`gradsift.store.compatible.check_compatible`). Outputs are
+written by rank 0, atomically; detector ranks in the CSV are 1-based (1 = most suspicious).
+
 The model and data come from ``--model module:factory`` (see :mod:`gradsift.factory`;
 every rank calls the factory, which must be deterministic) or from a built-in data set
 with a zoo model (``--dataset digits --arch mlp``, see
@@ -19,7 +25,9 @@ exist yet) and broadcasts them, so every rank extracts with the same weights.
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,17 +38,19 @@ from gradsift.detect.result import Budget
 from gradsift.distributed import process_group as D
 from gradsift.distributed.scoring import distributed_scores, distributed_topk, self_influence
 from gradsift.distributed.sharded_extract import sharded_extract
-from gradsift.errors import GradsiftError
+from gradsift.errors import GradsiftError, StoreError
 from gradsift.factory import UserSetup, load_factory
 from gradsift.grads.extract import ExtractConfig
 from gradsift.grads.projection import ProjectionConfig
+from gradsift.store.compatible import check_compatible
 from gradsift.store.gradient_store import GradientStore
+from gradsift.store.verify import Verify, is_full
 from gradsift.task import TrackSpec
 
 if TYPE_CHECKING:
     from gradsift.experiments.pipeline import BuiltinModel
 
-__all__ = ["resolve_setup", "run_extract", "run_score"]
+__all__ = ["open_store", "resolve_setup", "run_extract", "run_score"]
 
 
 def resolve_setup(
@@ -75,8 +85,13 @@ def run_extract(
     measurement: bool = False,
     overwrite: bool = False,
     device: str = "auto",
+    verify: Verify = "full",
 ) -> dict[str, Any]:
     """Run a (possibly distributed) extraction into ``out``; returns a JSON summary.
+
+    ``verify``: how shards of an earlier run are checked before resuming (rank 0 only):
+    ``"full"`` hashes them, ``"header"`` checks sizes and headers. The summary's
+    ``shards_repaired`` lists the shards that failed the check and were recomputed.
 
     Give exactly one of ``model`` (``'pkg.module:factory'``) and ``builtin``. ``tracked``
     (e.g. ``"all"`` or ``["fc1", "fc2"]``, see :func:`gradsift.task.parse_tracked`)
@@ -99,7 +114,7 @@ def run_extract(
             measurement=measurement,
         )
         run = sharded_extract(
-            setup.model, setup.task, setup.dataset, out, config, overwrite=overwrite
+            setup.model, setup.task, setup.dataset, out, config, overwrite=overwrite, verify=verify
         )
         written = sum(D.all_gather_objects(len(run.written)))
         return {
@@ -110,6 +125,7 @@ def run_extract(
             "shards": run.store.n_shards,
             "shards_written": written,
             "shards_resumed": run.resumed,
+            "shards_repaired": list(run.repaired),
             "world_size": ctx.world_size,
             "backend": ctx.backend or "none (single process)",
             "device": str(next(setup.model.parameters()).device),
@@ -140,20 +156,29 @@ def run_score(
     metric: str = "dot",
     preconditioner: str | None = None,
     block_rows: int | None = None,
+    verify: Verify = "full",
 ) -> dict[str, Any]:
     """Detection scores (``--detector``) or, with ``--test``, pairwise top-k of a store.
 
     ``budget``: flagged fraction (float < 1) or count (int) in the CSV's ``is_issue``.
+    ``verify``: how the stores are checked on open (see :func:`open_store`).
 
-    Rank 0 writes ``out``: ``.csv`` (index, score, rank, is_issue, detector) or ``.npy``
-    (float64 scores) for detectors; ``.npz`` (``helpful_values``, ``helpful_indices``,
-    ``harmful_values``, ``harmful_indices``, each ``[m, k]``) for top-k.
+    Rank 0 writes ``out`` atomically: ``.csv`` (index, score, rank (1-based: 1 = most
+    suspicious), is_issue, detector) or ``.npy`` (float64 scores) for detectors; ``.npz``
+    (``helpful_values``, ``helpful_indices``, ``harmful_values``, ``harmful_indices``,
+    each ``[m, k]``) for top-k.
+
+    Raises:
+        GradsiftError: a bad output name, a missing, corrupted or mismatched store
+            (before any scoring).
     """
+    target = _output(out, "topk.npz" if test is not None else "scores.csv", test is not None)
+    is_full(verify)
     with D.distributed_session() as ctx:
         start = time.perf_counter()
-        grads = GradientStore.open(store)
+        grads = open_store(store, verify)
         if test is not None:
-            summary = _topk(grads, test, k, metric, block_rows, out, ctx.is_main)
+            summary = _topk(grads, test, k, metric, block_rows, target, ctx.is_main, verify)
         else:
             summary = _detect(
                 grads,
@@ -163,8 +188,9 @@ def run_score(
                 budget,
                 preconditioner,
                 block_rows,
-                out,
+                target,
                 ctx.is_main,
+                verify,
             )
         D.barrier()
         summary.update(
@@ -173,15 +199,75 @@ def run_score(
         return summary
 
 
-def _load_matrix(path: str) -> np.ndarray | GradientStore:
+def _output(out: str | None, default: str, topk: bool) -> str:
+    """The output path, checked before any work: suffix and an existing folder."""
+    target = out or default
+    allowed = (".npz",) if topk else (".csv", ".npy")
+    if Path(target).suffix not in allowed:
+        raise GradsiftError(
+            f"--out {target}: {'top-k' if topk else 'scores'} are written as "
+            f"{' or '.join(allowed)}; change the file name"
+        )
+    if not Path(target).parent.is_dir():
+        raise GradsiftError(f"--out {target}: the folder {Path(target).parent} does not exist")
+    return target
+
+
+def open_store(path: str | Path, verify: Verify = "full") -> GradientStore:
+    """Open a finished store on every rank; only rank 0 hashes (``verify="full"``), the
+    others check sizes and headers, then all ranks agree (any failure fails all).
+
+    Raises:
+        StoreError: not a store directory, an incomplete manifest, a partial or
+            corrupted store (the message says what to do).
+    """
+    mine: Verify = verify if D.info().is_main or not is_full(verify) else "header"
+    store, error = None, None
+    try:
+        store = _open_one(Path(path), mine)
+    except Exception as err:  # every rank must reach agree(), whatever went wrong
+        error = err
+    D.agree(error)
+    return store  # type: ignore[return-value]
+
+
+def _open_one(path: Path, verify: Verify) -> GradientStore:
+    if path.exists() and not path.is_dir():
+        raise StoreError(
+            f"{path} is a file, not a gradient store; give the folder `gradsift extract` wrote"
+        )
+    try:
+        return GradientStore.open(path, verify=verify)
+    except (KeyError, TypeError) as err:
+        raise StoreError(
+            f"the manifest of {path} is incomplete or from another version ({err!r} missing or "
+            "wrong); re-run the extraction with --overwrite"
+        ) from None
+
+
+def _load_matrix(path: str, verify: Verify) -> np.ndarray | GradientStore:
     p = Path(path)
     if p.is_dir():
-        return GradientStore.open(p)
+        return open_store(p, verify)
     if p.suffix != ".npy" or not p.exists():
         raise GradsiftError(
             f"{path} is neither a gradient store directory nor an existing .npy file"
         )
-    return np.load(p)
+    try:
+        return np.load(p, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise GradsiftError(f"cannot read {path} as a .npy array ({err})") from None
+
+
+def _write_atomically(target: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` next to ``target``, then rename: no partial output on failure."""
+    path = Path(target)
+    tmp = str(path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}"))
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _topk(
@@ -190,19 +276,20 @@ def _topk(
     k: int,
     metric: str,
     block_rows: int | None,
-    out: str | None,
+    target: str,
     main: bool,
+    verify: Verify,
 ) -> dict[str, Any]:
-    source = _load_matrix(test)
+    source = _load_matrix(test, verify)
+    if isinstance(source, GradientStore):
+        check_compatible(grads, source)
     matrix = source.load() if isinstance(source, GradientStore) else source
     helpful, harmful = distributed_topk(grads, matrix, k, metric, block_rows)  # type: ignore[arg-type]
     hv, hi = helpful.result()
     lv, li = harmful.result()
-    target = out or "topk.npz"
     if main:
-        np.savez(
-            target, helpful_values=hv, helpful_indices=hi, harmful_values=lv, harmful_indices=li
-        )
+        arrays = dict(helpful_values=hv, helpful_indices=hi, harmful_values=lv, harmful_indices=li)
+        _write_atomically(target, lambda tmp: np.savez(tmp, **arrays))
     return {
         "mode": "topk",
         "metric": metric,
@@ -221,13 +308,14 @@ def _detect(
     budget: Budget,
     preconditioner: str | None,
     block_rows: int | None,
-    out: str | None,
+    target: str,
     main: bool,
+    verify: Verify,
 ) -> dict[str, Any]:
     from gradsift.detect.result import DetectionResult
 
     if detector.replace("_", "-") == "self-influence":
-        p = _load_matrix(preconditioner) if preconditioner else None
+        p = _load_matrix(preconditioner, verify) if preconditioner else None
         scores, settings = (
             self_influence(grads, p, block_rows),
             {"name": "self-influence", "preconditioner": preconditioner},
@@ -240,10 +328,11 @@ def _detect(
         )
         settings = {**info["detector"], "fit_sample": info.get("fit_sample")}
     result = DetectionResult(scores, settings["name"], settings, budget)
-    target = out or "scores.csv"
     if main:
         if target.endswith(".npy"):
-            np.save(target, scores)
+            _write_atomically(target, lambda tmp: np.save(tmp, scores))
         else:
-            result.to_csv(target)
+            frame = result.to_frame()
+            frame["rank"] += 1  # 1-based for people: 1 = most suspicious
+            _write_atomically(target, lambda tmp: frame.to_csv(tmp, index=False))
     return {"mode": "detect", **result.summary(), "out": target}

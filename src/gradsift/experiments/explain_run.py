@@ -1,10 +1,12 @@
 """The ``gradsift explain`` pipeline: train a model on a built-in data set, explain test points.
 
-:func:`run_explain` loads a data set (label noise in the training split), trains a model,
-picks test points (misclassified and correct ones by default), explains them with
-:func:`gradsift.influence.explain.explain` (FastIF or an influence method) and writes an
-HTML report (:func:`~gradsift.influence.explain.add_explanations`) and a CSV of the scores
-(positive influence = helpful).
+:func:`run_explain` loads a data set (label noise in the training split) and builds the
+model (:func:`gradsift.experiments.pipeline.load_and_build`), trains it, picks test points
+(misclassified and correct ones by default) and explains them with
+:func:`gradsift.influence.explain.explain` (FastIF or an influence method; positive
+influence = helpful). It returns an :class:`ExplainRun`; the HTML page is
+:func:`gradsift.report.pages.explain_report` and the scores table
+``run.explanations.to_frame()``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,38 +22,46 @@ import torch
 
 from gradsift.config import DEFAULT_DAMPING
 from gradsift.errors import GradsiftError
-from gradsift.experiments.datasets import DATASETS, load_dataset
-from gradsift.experiments.models import build_model
+from gradsift.experiments.datasets import DATASETS, LabeledData, dataset_key
+from gradsift.experiments.pipeline import load_and_build
 from gradsift.experiments.training import TrainConfig, predict_proba, train_classifier
-from gradsift.influence.explain import Explanations, add_explanations, explain
+from gradsift.influence.explain import Explanations, explain
 from gradsift.influence.fastif import FastIFConfig
 from gradsift.influence.neighbors import IndexConfig
-from gradsift.report.html import Report
 from gradsift.task import ClassificationTask
 
 __all__ = ["ExplainRun", "run_explain"]
 
 
-def _load(dataset: str, noise: float, seed: int, n_train: int | None) -> Any:
-    key = dataset.strip().lower().replace("-", "_")
-    accepted = set(inspect.signature(DATASETS[key]).parameters) if key in DATASETS else set()
-    kwargs: dict[str, Any] = {"seed": seed}
-    for name, value in (("noise", noise), ("n_train", n_train)):
-        if value:
-            if key in DATASETS and name not in accepted:
-                raise GradsiftError(f"data set {dataset!r} takes no {name!r} setting")
-            kwargs[name] = value
-    return load_dataset(dataset, **kwargs)
+def _check_n_train(dataset: str, n_train: int | None) -> dict[str, Any]:
+    """``{"n_train": n_train}`` for loaders that take it; refused for the others."""
+    if not n_train:
+        return {}
+    key = dataset_key(dataset)
+    if key in DATASETS and "n_train" not in inspect.signature(DATASETS[key]).parameters:
+        raise GradsiftError(f"data set {dataset!r} takes no 'n_train' setting")
+    return {"n_train": n_train}
 
 
 @dataclass
 class ExplainRun:
-    """What :func:`run_explain` produced."""
+    """What :func:`run_explain` produced.
+
+    Attributes:
+        explanations: per test point the top helpful / harmful training samples and the
+            heatmap rows (positive influence = helpful).
+        info: JSON-serialisable facts (data set, test indices, accuracy, timings, ...).
+        data: the data set (train split with its flips, test split).
+        predicted: int ``[n_test]`` the model's test predictions.
+        model_name, epochs: how the model was trained (for the report's subtitle).
+    """
 
     explanations: Explanations
     info: dict[str, Any]
-    report_path: Path | None
-    csv_path: Path | None
+    data: LabeledData
+    predicted: np.ndarray
+    model_name: str
+    epochs: int
 
 
 def run_explain(
@@ -72,8 +81,6 @@ def run_explain(
     space: str = "features",
     damping: float = DEFAULT_DAMPING,
     workers: int = 1,
-    report_path: str | Path | None = "explain.html",
-    csv_path: str | Path | None = None,
     n_train: int | None = None,
 ) -> ExplainRun:
     """Train a model on a built-in data set and explain test points (``gradsift explain``).
@@ -85,9 +92,15 @@ def run_explain(
     the training split of loaders that support it (``mnist``).
     """
     t0 = time.perf_counter()
-    data = _load(dataset, noise, seed, n_train)
     extra = {"hidden": (hidden,)} if model_name == "mlp" else {}
-    model = build_model(model_name, data.train.X.shape[1:], data.n_classes, seed=seed, **extra)
+    data, model = load_and_build(
+        dataset,
+        model_name,
+        seed=seed,
+        noise=noise,
+        model_kwargs=extra,
+        dataset_kwargs=_check_n_train(dataset, n_train),
+    )
     train_classifier(
         model,
         data.train.X,
@@ -140,31 +153,4 @@ def run_explain(
         "flipped_among_harmful": a_flip,
         "timings": expl.settings["timings"],
     }
-    out_report = None
-    if report_path is not None:
-        report = Report(
-            f"gradsift explain: {dataset}",
-            f"{model_name} trained {epochs} epochs on {len(data.train)} samples "
-            f"({len(flipped)} labels flipped); method {method}",
-        )
-        report.add_section("Set-up").add_key_values(
-            {k: v for k, v in info.items() if k not in ("timings",)}, caption="Run"
-        )
-        add_explanations(
-            report,
-            expl,
-            data.train,
-            data.test,
-            data.kind,
-            data.image_shape,
-            data.feature_names if data.kind == "tabular" else None,
-            data.class_names,
-            test_predicted=predicted,
-        )
-        out_report = report.save(report_path)
-    out_csv = None
-    if csv_path is not None:
-        out_csv = Path(csv_path)
-        out_csv.parent.mkdir(parents=True, exist_ok=True)
-        expl.to_frame().to_csv(out_csv, index=False)
-    return ExplainRun(expl, info, out_report, out_csv)
+    return ExplainRun(expl, info, data, predicted, model_name, epochs)

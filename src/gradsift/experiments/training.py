@@ -70,11 +70,14 @@ class History:
     Attributes:
         train_loss: mean training loss of each epoch (sample-weighted over batches).
         val_accuracy: validation accuracy after each epoch (empty when no ``val``).
+        val_loss: mean validation cross-entropy after each epoch (empty when no ``val``);
+            :func:`gradsift.detect.checkpoint_choice.choose_epoch` reads it.
         epochs: number of epochs run.
     """
 
     train_loss: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
     epochs: int = 0
 
 
@@ -165,11 +168,18 @@ def predict_proba(model: nn.Module, X: np.ndarray, batch_size: int = 1024) -> np
 
 def accuracy(model: nn.Module, X: np.ndarray, y: np.ndarray) -> float:
     """Fraction of rows with ``argmax predict_proba == y`` (``y`` int ``[n]``)."""
+    return accuracy_and_loss(model, X, y)[0]
+
+
+def accuracy_and_loss(model: nn.Module, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """``(accuracy, mean cross-entropy)`` of ``predict_proba`` against ``y`` (int ``[n]``);
+    probabilities are clipped at 1e-12 so a confident mistake costs at most ~27.6 nats."""
     p = predict_proba(model, X)
     y = np.asarray(y)
     if y.shape != (p.shape[0],):
         raise ValueError(f"y must have shape ({p.shape[0]},), got {y.shape}")
-    return float(np.mean(p.argmax(axis=1) == y))
+    nll = -np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))
+    return float(np.mean(p.argmax(axis=1) == y)), float(nll.mean())
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -215,7 +225,7 @@ def train_classifier(
         val: optional ``(X_val, y_val)``; accuracy is evaluated after every epoch.
         recorder: optional :class:`CheckpointRecorder`; gets ``on_step_end`` after every
             optimizer step and ``on_epoch_end`` with
-            ``metrics={"val_accuracy", "train_loss"}`` (``val_accuracy`` only with ``val``).
+            ``metrics={"val_accuracy", "val_loss", "train_loss"}`` (``val_*`` only with ``val``).
         progress: show a progress bar over epochs.
         loss: ``"ce"`` softmax cross-entropy; ``"bce"`` sigmoid binary cross-entropy
             (one output logit with labels in {0, 1}, or one-vs-rest over ``C`` outputs).
@@ -277,9 +287,10 @@ def train_classifier(
             history.train_loss.append(total / n)
             metrics = {"train_loss": history.train_loss[-1]}
             if val is not None:
-                acc = accuracy(model, Xv, yv)  # restores train mode afterwards
+                acc, loss = accuracy_and_loss(model, Xv, yv)  # restores train mode
                 history.val_accuracy.append(acc)
-                metrics["val_accuracy"] = acc
+                history.val_loss.append(loss)
+                metrics["val_accuracy"], metrics["val_loss"] = acc, loss
             history.epochs = epoch
             if recorder is not None:
                 recorder.on_epoch_end(model, optimizer, epoch, step, metrics)

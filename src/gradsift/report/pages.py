@@ -1,8 +1,8 @@
-"""Whole report pages, one per command: ``gradsift demo``, ``detect`` and ``trim``.
+"""Whole report pages, one per command: ``gradsift demo``, ``detect``, ``explain`` and ``trim``.
 
 Each builder takes the result object the library returned (:class:`DemoResult`,
-:class:`DetectRun`, :class:`TrimPipelineResult`) and never re-reads a file the pipeline
-already had.
+:class:`DetectRun`, :class:`ExplainRun`, :class:`TrimPipelineResult`) and never re-reads a
+file the pipeline already had. Ranks shown are 1-based (1 = most suspicious / strongest).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
 from gradsift.report.detection import detection_section
@@ -22,9 +21,17 @@ from gradsift.report.trimming import headline, trimming_section
 if TYPE_CHECKING:
     from gradsift.experiments.demo import DemoResult
     from gradsift.experiments.detect_run import DetectRun
+    from gradsift.experiments.explain_run import ExplainRun
     from gradsift.experiments.trimming.pipeline import TrimPipelineResult
 
-__all__ = ["demo_report", "detect_report", "run_info", "seconds_table", "trim_report"]
+__all__ = [
+    "demo_report",
+    "detect_report",
+    "explain_report",
+    "run_info",
+    "seconds_table",
+    "trim_report",
+]
 
 
 def seconds_table(timings: Mapping[str, float]) -> pd.DataFrame:
@@ -145,22 +152,58 @@ def detect_report(run: DetectRun) -> Report:
         subtitle="Flipped labels are unknown here: the scores rank the rows to inspect first.",
     )
     sec = report.add_section("Overview")
-    facts = {k: v for k, v in run.info.items() if k != "source"}
+    facts = {
+        k: v for k, v in run.info.items() if k not in ("source", "notices", "checkpoint_choice")
+    }
     sec.add_key_values(
         run_info({"source": source, "rows": len(run.scores), **facts}), caption="Set-up"
     )
+    for line in run.info.get("notices", []):
+        sec.add_callout(line, tone="info", title="Note:")
     if run.table is not None:
         samples = SampleView.from_table(run.table)
-        detection_section(
+        detection = detection_section(
             report, run.oga.results, samples, predicted=run.predicted, primary=detectors[0]
+        )
+        detection.add_table(
+            run.most_suspicious(50).reset_index(),
+            caption=f"The 50 rows ranked most suspicious by {detectors[0]} (ranks 1-based).",
         )
     else:
         primary = run.oga.results[detectors[0]]
         sec = report.add_section("Detection")
         sec.add_figure(score_distribution(primary.scores, primary.is_issue, detector=detectors[0]))
-        top = np.argsort(-primary.scores, kind="stable")[:50]
         sec.add_table(
-            run.scores.iloc[top].reset_index(),
-            caption=f"The 50 rows ranked most suspicious by {detectors[0]}.",
+            run.most_suspicious(50).reset_index(),
+            caption=f"The 50 rows ranked most suspicious by {detectors[0]} (ranks 1-based).",
         )
+    return report
+
+
+def explain_report(run: ExplainRun) -> Report:
+    """Report of ``gradsift explain`` (a :class:`~gradsift.experiments.explain_run.ExplainRun`):
+    the set-up, then per test point its most helpful and most harmful training samples and
+    the train × test influence heatmap (:func:`gradsift.influence.explain.add_explanations`)."""
+    from gradsift.influence.explain import add_explanations
+
+    data, info = run.data, run.info
+    report = Report(
+        f"gradsift explain: {info['dataset']}",
+        f"{run.model_name} trained {run.epochs} epochs on {len(data.train)} samples "
+        f"({info['n_flipped']} labels flipped); method {info['method']}",
+    )
+    report.add_section("Set-up").add_key_values(
+        {k: v for k, v in info.items() if k != "timings"}, caption="Run"
+    )
+    add_explanations(
+        report,
+        run.explanations,
+        data.train,
+        data.test,
+        data.kind,
+        data.image_shape,
+        data.feature_names if data.kind == "tabular" else None,
+        data.class_names,
+        test_predicted=run.predicted,
+    )
     return report

@@ -168,7 +168,7 @@ def from_arrays(
             3-D ``[n, H, W]`` or 4-D ``[n, C, H, W]`` → ``"image"``.
         y: ``[n]`` labels. Integer labels must lie in ``[0, n_classes)``; any other labels
             (strings, non-integral values) are encoded by ``np.unique`` order and the
-            originals kept in ``class_names``.
+            originals kept in ``class_names``. NaN labels are refused.
         val_fraction, test_fraction: fractions of ``n`` for val / test (stratified,
             seeded); a fraction of 0 gives an empty split.
         n_classes: defaults to ``max(y) + 1``.
@@ -189,6 +189,9 @@ def from_arrays(
     if not np.all(np.isfinite(Xf)):
         raise ValueError("X contains NaN or infinite values")
 
+    if np.issubdtype(y.dtype, np.floating) and np.isnan(y).any():
+        rows = np.flatnonzero(np.isnan(y))[:10].tolist()
+        raise ValueError(f"y holds missing (NaN) labels at rows {rows}; fill or drop them")
     class_names: list[str] | None = None
     is_int = np.issubdtype(y.dtype, np.integer) or (
         np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y))
