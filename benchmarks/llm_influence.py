@@ -56,7 +56,8 @@ from gradsift.experiments.llm_tasks import (
 )
 from gradsift.experiments.representations import cosine_scores, mean_hidden_states
 from gradsift.grads.hooks import LinearHookGradients, hook_gradients
-from gradsift.hf.models import LoraSettings, add_lora, load_smollm2
+from gradsift.hf.lora import LoraSettings, add_lora
+from gradsift.hf.models import load_smollm2
 from gradsift.hf.tasks import CausalLMTask
 from gradsift.influence.fisher import GradientFisherOperator
 from gradsift.influence.solvers import DataInfSolver, LiSSASolver

@@ -16,7 +16,8 @@ from gradsift.checkpoints import CheckpointRecorder  # noqa: E402
 from gradsift.experiments.hf_training import FineTuneConfig, fine_tune  # noqa: E402
 from gradsift.experiments.llm_tasks import CausalLMData, collate_causal  # noqa: E402
 from gradsift.hf.callbacks import LoopCheckpointer, TracInCallback  # noqa: E402
-from gradsift.hf.models import LoraSettings, add_lora, tiny_causal_lm, word_tokenizer  # noqa: E402
+from gradsift.hf.lora import LoraSettings, add_lora  # noqa: E402
+from gradsift.hf.models import tiny_causal_lm, word_tokenizer  # noqa: E402
 from gradsift.hf.tasks import CausalLMTask  # noqa: E402
 
 RECORDS = [

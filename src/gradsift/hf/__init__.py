@@ -19,7 +19,8 @@ Modules:
   ``"all"``/``"auto"``/names;
 - :mod:`gradsift.grads.hooks`: per-sample gradients of ``nn.Linear`` weights
   (LoRA adapters, heads) from forward/backward hooks, one batched backward pass;
-- :mod:`gradsift.hf.models`: offline loaders, tiny random configs, LoRA wrapping;
+- :mod:`gradsift.hf.models`: offline loaders, tiny random configs;
+- :mod:`gradsift.hf.lora`: LoRA settings and seeded peft wrapping;
 - :mod:`gradsift.experiments.text_data`: Rotten Tomatoes, splits, label noise, tokenisation;
 - :mod:`gradsift.experiments.llm_tasks`: the three DataInf influence tasks;
 - :mod:`gradsift.experiments.hf_training`: fine-tuning loops for text classifiers and causal LMs;

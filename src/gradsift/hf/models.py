@@ -12,14 +12,13 @@ pooling; Llama with grouped-query attention and tied embeddings) are built local
 :func:`tiny_sentence_classifier` and :func:`tiny_causal_lm`, with a word-level tokenizer
 from :func:`word_tokenizer`; the tests use those.
 
-:func:`add_lora` wraps a model with peft LoRA adapters (seeded).
+:func:`gradsift.hf.lora.add_lora` wraps a model with peft LoRA adapters (seeded).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +27,14 @@ from torch import nn
 
 import gradsift.hf  # noqa: F401  (sets HF_HUB_OFFLINE before transformers is imported)
 from gradsift.errors import GradsiftError
+from gradsift.hf.lora import LoraSettings, add_lora
+from gradsift.hf.lora import seeded as _seeded
 
 __all__ = [
     "MINILM_DISTRIBUTION",
     "SMOLLM2_DISTRIBUTION",
-    "LoraSettings",
     "SentenceClassifier",
-    "add_lora",
     "attention_bias",
-    "default_lora_targets",
     "load_minilm_tokenizer",
     "load_smollm2",
     "minilm_classifier",
@@ -196,12 +194,6 @@ class SentenceClassifier(nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         return self.head(self.embed(input_ids, attention_mask, token_type_ids))
-
-
-def _seeded(seed: int, build: Callable[[], Any]) -> Any:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
 
 
 def load_minilm_tokenizer() -> Any:
@@ -367,76 +359,6 @@ def word_tokenizer(texts: Iterable[str], style: str = "bert", lowercase: bool = 
     else:
         names = dict(pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>")
     return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="right", **names)
-
-
-# ----------------------------------------------------------------------------- LoRA
-_DEFAULT_TARGETS = (("query", "value"), ("q_proj", "v_proj"), ("c_attn",), ("qkv",))
-
-
-def default_lora_targets(model: nn.Module) -> list[str]:
-    """Attention query/value projections: ``query``/``value`` (BERT), ``q_proj``/``v_proj``
-    (Llama and most decoders)."""
-    leaf_names = {name.rpartition(".")[2] for name, m in model.named_modules()}
-    for group in _DEFAULT_TARGETS:
-        if all(g in leaf_names for g in group):
-            return list(group)
-    raise GradsiftError(
-        f"cannot guess LoRA target modules for {type(model).__name__}; pass "
-        "LoraSettings(target_modules=[...]) with the names of its attention projections"
-    )
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """peft LoRA settings.
-
-    Attributes:
-        r: adapter rank; ``alpha``: scaling numerator (scale = alpha / r).
-        dropout: LoRA dropout (0 keeps per-sample gradients deterministic in train mode).
-        target_modules: module names to adapt; ``None`` = :func:`default_lora_targets`.
-        modules_to_save: modules trained in full next to the adapters (e.g. ``["head"]``
-            for a :class:`SentenceClassifier`).
-        init_lora_weights: peft's option; ``True`` (B = 0 at start), ``False`` (random A
-            and B, useful for tests), ``"gaussian"``, ...
-        seed: seeds the adapter initialisation.
-    """
-
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: Sequence[str] | None = None
-    modules_to_save: Sequence[str] | None = None
-    init_lora_weights: bool | str = True
-    seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def add_lora(model: nn.Module, settings: LoraSettings = LoraSettings()) -> nn.Module:
-    """Wrap ``model`` with LoRA adapters (``peft.get_peft_model``); returns the PeftModel.
-
-    Only the adapters (and ``modules_to_save``) stay trainable. The adapter parameters are
-    named ``...lora_A.default.weight`` / ``...lora_B.default.weight`` and are what
-    ``tracked="lora"`` selects.
-    """
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise GradsiftError("LoRA needs the `peft` package: pip install peft") from None
-    if not isinstance(settings.r, int) or settings.r < 1:
-        raise GradsiftError(f"LoRA rank r must be a positive integer, got {settings.r!r}")
-    targets = list(settings.target_modules or default_lora_targets(model))
-    config = LoraConfig(
-        r=settings.r,
-        lora_alpha=settings.alpha,
-        lora_dropout=settings.dropout,
-        target_modules=targets,
-        modules_to_save=list(settings.modules_to_save) if settings.modules_to_save else None,
-        init_lora_weights=settings.init_lora_weights,
-        **settings.extra,
-    )
-    was_training = model.training
-    peft_model = _seeded(settings.seed, lambda: get_peft_model(model, config))
-    return peft_model.train(was_training)
 
 
 # ----------------------------------------------------------------------------- recipes

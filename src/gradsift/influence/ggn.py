@@ -30,10 +30,9 @@ from torch import nn
 from torch.func import jvp, vjp, vmap
 from torch.utils.data import Dataset, default_collate
 
-from gradsift.errors import GradsiftError
-from gradsift.grads.layout import Block, FunctionalModel, batch_size_of, check_eval_mode, layout_of
+from gradsift.grads.layout import FunctionalModel, batch_size_of
 from gradsift.influence.curvature import CurvatureBase
-from gradsift.influence.hessian import BatchSource, flatten_params, unflatten_vectors
+from gradsift.influence.hessian import bind_training_data, flatten_params, unflatten_vectors
 from gradsift.influence.kfac.likelihood import hessian_product, resolve_likelihood
 from gradsift.task import Task
 
@@ -71,25 +70,18 @@ class GGNOperator(CurvatureBase):
         vector_chunk: int = 64,
         collate_fn: Callable[[list[Any]], Any] = default_collate,
     ) -> None:
-        if weight_decay < 0:
-            raise GradsiftError(f"weight_decay must be >= 0, got {weight_decay}")
-        if batch_size < 1 or vector_chunk < 1:
-            raise GradsiftError("batch_size and vector_chunk must be >= 1")
-        check_eval_mode(model)
-        self.model, self.task = model, task
+        bind_training_data(
+            self,
+            model,
+            task,
+            data,
+            weight_decay,
+            batch_size,
+            block_diagonal,
+            vector_chunk,
+            collate_fn,
+        )
         self.likelihood = resolve_likelihood(task, likelihood)
-        tracked = task.tracked_parameters(model)
-        self.params = {k: v.detach() for k, v in tracked.items()}
-        self.layout: list[Block] = layout_of(tracked)
-        self.dim = self.layout[-1].stop
-        first = next(iter(self.params.values()))
-        self.dtype, self.device = first.dtype, first.device
-        self.data = BatchSource(data, self.device, self.dtype, collate_fn)
-        self.n = len(self.data)
-        self.weight_decay = float(weight_decay)
-        self.batch_size = int(batch_size)
-        self.block_diagonal = bool(block_diagonal)
-        self.vector_chunk = int(vector_chunk)
 
     # ------------------------------------------------------------------ CurvatureBase hooks
     def _full_parts(self) -> Iterable[Any]:

@@ -140,6 +140,41 @@ def unflatten_vectors(V: torch.Tensor, layout: Sequence[Block]) -> dict[str, tor
 # --------------------------------------------------------------------------- the operator
 
 
+def bind_training_data(
+    op: Any,
+    model: nn.Module,
+    task: Task,
+    data: Dataset | tuple[Any, ...],
+    weight_decay: float,
+    batch_size: int,
+    block_diagonal: bool,
+    vector_chunk: int,
+    collate_fn: Callable[[list[Any]], Any],
+) -> None:
+    """Check and set what every per-sample curvature operator over ``(model, task, data)``
+    holds: ``model``, ``task``, detached tracked ``params``, ``layout``, ``dim``, ``dtype``,
+    ``device``, the :class:`BatchSource` ``data`` and its ``n``, ``weight_decay``,
+    ``batch_size``, ``block_diagonal`` and ``vector_chunk``."""
+    if weight_decay < 0:
+        raise GradsiftError(f"weight_decay must be >= 0, got {weight_decay}")
+    if batch_size < 1 or vector_chunk < 1:
+        raise GradsiftError("batch_size and vector_chunk must be >= 1")
+    check_eval_mode(model)
+    tracked = task.tracked_parameters(model)
+    op.model, op.task = model, task
+    op.params = {k: v.detach() for k, v in tracked.items()}
+    op.layout = layout_of(tracked)
+    op.dim = op.layout[-1].stop
+    first = next(iter(op.params.values()))
+    op.dtype, op.device = first.dtype, first.device
+    op.data = BatchSource(data, op.device, op.dtype, collate_fn)
+    op.n = len(op.data)
+    op.weight_decay = float(weight_decay)
+    op.batch_size = int(batch_size)
+    op.block_diagonal = bool(block_diagonal)
+    op.vector_chunk = int(vector_chunk)
+
+
 class HessianOperator(CurvatureBase):
     """Products with the mean training-loss Hessian over the tracked parameters.
 
@@ -186,25 +221,19 @@ class HessianOperator(CurvatureBase):
         mode: HVPMode = "autograd",
         collate_fn: Callable[[list[Any]], Any] = default_collate,
     ) -> None:
-        if weight_decay < 0:
-            raise GradsiftError(f"weight_decay must be >= 0, got {weight_decay}")
-        if batch_size < 1 or vector_chunk < 1:
-            raise GradsiftError("batch_size and vector_chunk must be >= 1")
         if mode not in ("autograd", "forward", "reverse"):
             raise GradsiftError(f"mode must be 'autograd', 'forward' or 'reverse', got {mode!r}")
-        check_eval_mode(model)
-        self.model, self.task = model, task
-        self.params = {k: v.detach() for k, v in task.tracked_parameters(model).items()}
-        self.layout: list[Block] = layout_of(task.tracked_parameters(model))
-        self.dim = self.layout[-1].stop
-        first = next(iter(self.params.values()))
-        self.dtype, self.device = first.dtype, first.device
-        self.data = BatchSource(data, self.device, self.dtype, collate_fn)
-        self.n = len(self.data)
-        self.weight_decay = float(weight_decay)
-        self.batch_size = int(batch_size)
-        self.block_diagonal = bool(block_diagonal)
-        self.vector_chunk = int(vector_chunk)
+        bind_training_data(
+            self,
+            model,
+            task,
+            data,
+            weight_decay,
+            batch_size,
+            block_diagonal,
+            vector_chunk,
+            collate_fn,
+        )
         self.mode: HVPMode = mode
 
     # ------------------------------------------------------------------ CurvatureBase hooks
