@@ -242,7 +242,17 @@ def test_bad_input(trained):
     ck.lr = float("nan")
     with pytest.raises(GradsiftError, match="learning rate"):
         InfluenceScorer(model, task, "tracin", checkpoints=[ck])
-    assert set(METHODS) == {"dot", "cosine", "tracin", "if-exact", "if-cg", "if-lissa", "datainf"}
+    assert set(METHODS) == {
+        "dot",
+        "cosine",
+        "tracin",
+        "if-exact",
+        "if-cg",
+        "if-lissa",
+        "datainf",
+        "if-kfac",
+        "if-ekfac",
+    }
 
 
 # --------------------------------------------------------------------------- detectors

@@ -212,6 +212,48 @@ def test_influence_scorer_with_kfac_matches_dense_solve(name):
     )
 
 
+@pytest.mark.parametrize("method", ["if-kfac", "if-ekfac"])
+def test_influence_method_names_use_kfac_with_auto_tracking(method):
+    """``InfluenceScorer(model, ClassificationTask(), "if-ekfac")`` tracks every layer of an
+    all-linear model (auto) and scores ``G_tr (C + λI)⁻¹ G_teᵀ`` with the fitted K-FAC
+    matrix ``C`` and the relative damping it chose."""
+    model, _, data = small_mlp(n=30)
+    test = (data[0][:4], data[1][:4])
+    scorer = InfluenceScorer(model, ClassificationTask(), method).fit(data)
+    assert scorer.settings()["tracked_choice"].startswith("all")
+    assert scorer.dim == sum(p.numel() for p in model.parameters())
+    S = scorer.scores(data, test)
+    comp = GradientComputer(model, ClassificationTask("all"))
+    G_tr, G_te = comp.compute(data)[0], comp.compute(test)[0]
+    C, lam = scorer.solver.operator.dense(), scorer.solver.damping
+    assert lam > 0
+    truth = G_tr @ torch.linalg.solve(C + lam * torch.eye(len(C), dtype=C.dtype), G_te.T)
+    np.testing.assert_allclose(S, truth.numpy(), rtol=1e-7, atol=1e-10)
+
+
+def test_kfac_auto_tracking_keeps_the_last_layer_when_a_layer_is_not_factorable():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.LayerNorm(6), nn.Linear(6, 3)).double().eval()
+    scorer = InfluenceScorer(model, ClassificationTask(), "if-ekfac")
+    assert scorer.settings()["tracked_choice"].startswith("last_linear")
+    assert scorer.dim == 6 * 3 + 3
+
+
+@pytest.mark.parametrize("name", ["kfac", "ekfac"])
+def test_self_influence_detector_with_kfac_is_the_quadratic_form(name):
+    from gradsift.detect import DetectionContext, get_detector
+
+    model, task, data = small_mlp(n=30)
+    G = GradientComputer(model, task).compute(data)[0]
+    detector = get_detector(f"self-if-{name}")
+    scores = detector.fit_score(
+        G.numpy(), context=DetectionContext(G.numpy(), model=model, task=task, data=data)
+    )
+    C, lam = detector.solver.operator.dense(), detector.solver.damping
+    truth = torch.diag(G @ torch.linalg.solve(C + lam * torch.eye(len(C), dtype=C.dtype), G.T))
+    np.testing.assert_allclose(scores, truth.numpy(), rtol=1e-7)
+
+
 def test_kfac_solver_refuses_other_operators():
     model, task, data = small_mlp(n=8)
     with pytest.raises(GradsiftError, match="KFACOperator"):

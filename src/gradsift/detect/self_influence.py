@@ -202,6 +202,22 @@ class SelfInfluenceLiSSA(_HessianSelfInfluence):
     solver_name = "lissa"
 
 
+@register("self-if-kfac")
+class SelfInfluenceKFAC(_HessianSelfInfluence):
+    """Self-influence with K-FAC (:class:`~gradsift.influence.kfac.KFACSolver`): every
+    tracked parameter must be a weight/bias of an ``nn.Linear``/``nn.Conv2d``."""
+
+    solver_name = "kfac"
+
+
+@register("self-if-ekfac")
+class SelfInfluenceEKFAC(_HessianSelfInfluence):
+    """Self-influence with eigenvalue-corrected K-FAC
+    (:class:`~gradsift.influence.kfac.EKFACSolver`)."""
+
+    solver_name = "ekfac"
+
+
 @register("self-datainf")
 class SelfDataInf(Detector):
     """DataInf self-influence from the gradients ``X`` themselves.

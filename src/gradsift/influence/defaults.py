@@ -9,6 +9,9 @@ import logging
 import torch
 from torch import nn
 
+from gradsift.errors import GradsiftError
+from gradsift.grads.capture import tracked_layers
+from gradsift.grads.kronecker import FACTORABLE
 from gradsift.influence.curvature import CurvatureOperator
 from gradsift.influence.solvers import InverseHVP
 from gradsift.task import Task, TrackSpec
@@ -24,13 +27,22 @@ __all__ = [
 log = logging.getLogger("gradsift")
 
 #: The solver behind each Hessian method of the scorer.
-SOLVER_OF = {"if-exact": "exact", "if-cg": "cg", "if-lissa": "lissa", "datainf": "datainf"}
+SOLVER_OF = {
+    "if-exact": "exact",
+    "if-cg": "cg",
+    "if-lissa": "lissa",
+    "datainf": "datainf",
+    "if-kfac": "kfac",
+    "if-ekfac": "ekfac",
+}
 #: ``tracked="auto"``: the largest model (parameter count) tracked in full, per solver.
 AUTO_TRACK_LIMITS: dict[str, int] = {
     "exact": 5000,
     "cg": 200_000,
     "lissa": 200_000,
     "datainf": 50_000,
+    "kfac": 50_000_000,  # factors per layer: memory grows with layer widths, not with D
+    "ekfac": 50_000_000,
 }
 #: ``damping=None``: ``λ`` as a fraction of the mean eigenvalue ``tr(H)/D``.
 RELATIVE_DAMPING: float = 1e-2
@@ -60,6 +72,8 @@ def choose_tracked(
         return task, f"the task's ({task.tracked!r})"
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
     limit = AUTO_TRACK_LIMITS[SOLVER_OF[method]]
+    if SOLVER_OF[method] in ("kfac", "ekfac") and not _all_factorable(model, task):
+        return task, "last_linear: not every parameter is in an nn.Linear/nn.Conv2d (auto)"
     if total <= limit:
         log.info(
             "%s: tracking all %d parameters (at most %d for this solver)", method, total, limit
@@ -73,3 +87,15 @@ def choose_tracked(
         limit,
     )
     return task, f"last_linear: {total} parameters > {limit} (auto)"
+
+
+def _all_factorable(model: nn.Module, task: Task) -> bool:
+    """Whether every trainable parameter is a weight/bias of an ``nn.Linear``/``nn.Conv2d``
+    (what K-FAC needs to track ``"all"``)."""
+    try:
+        tracked_layers(
+            model, task.with_tracked("all").tracked_parameters(model), FACTORABLE, "K-FAC"
+        )
+    except GradsiftError:
+        return False
+    return True

@@ -14,6 +14,8 @@ method          ``score(i, t)``
 ``if-cg``       the same with :class:`~.solvers.CGSolver`
 ``if-lissa``    the same with :class:`~.solvers.LiSSASolver`
 ``datainf``     the same with :class:`~.solvers.DataInfSolver`
+``if-kfac``     ``g_tᵀ (F_KFAC + λI)⁻¹ g_i`` (:class:`~.kfac.KFACSolver`, Fisher)
+``if-ekfac``    the same with eigenvalue-corrected K-FAC (:class:`~.kfac.EKFACSolver`)
 ==============  =============================================================
 
 ``g_i`` is the gradient of training sample *i*'s loss, ``g_t`` the gradient of the test
@@ -104,7 +106,9 @@ __all__ = [
 
 log = logging.getLogger("gradsift")
 
-InfluenceMethod = Literal["dot", "cosine", "tracin", "if-exact", "if-cg", "if-lissa", "datainf"]
+InfluenceMethod = Literal[
+    "dot", "cosine", "tracin", "if-exact", "if-cg", "if-lissa", "datainf", "if-kfac", "if-ekfac"
+]
 #: Every method name :class:`InfluenceScorer` accepts.
 METHODS: tuple[str, ...] = get_args(InfluenceMethod)
 _SOLVER_OF = SOLVER_OF
