@@ -55,6 +55,7 @@ from gradsift.detect.training_dynamics import (
 )
 from gradsift.experiments.datasets import LabeledData, from_arrays, load_digits, load_mnist
 from gradsift.experiments.models import mlp
+from gradsift.experiments.noise import noisy_train_labels
 from gradsift.experiments.training import TrainConfig, predict_proba, train_classifier
 from gradsift.task import ClassificationTask
 
@@ -62,6 +63,7 @@ SETTINGS = {
     "mnist-8k symmetric": ("mnist", "symmetric"),
     "mnist-8k class-pair": ("mnist", "asymmetric"),
     "digits symmetric": ("digits", "symmetric"),
+    "breast-cancer symmetric": ("breast-cancer", "symmetric"),
 }
 
 
@@ -81,7 +83,21 @@ class TimedRecorder(CheckpointRecorder):
 def load(dataset: str, kind: str, seed: int, n_train: int) -> LabeledData:
     if dataset == "mnist":
         return load_mnist(0.2, kind, seed, n_train=n_train, n_val=2000, n_test=100)
+    if dataset == "breast-cancer":
+        return load_breast_cancer_noisy(0.2, seed)
     return load_digits(0.2, kind, seed)
+
+
+def load_breast_cancer_noisy(noise: float, seed: int) -> LabeledData:
+    """scikit-learn's breast_cancer (569 rows, 30 features, 2 classes): 60% train with
+    ``noise`` of its labels flipped (seeded), 20% clean validation, 20% test."""
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True)
+    data = from_arrays(X, y, "breast-cancer", val_fraction=0.2, test_fraction=0.2, seed=seed)
+    noisy = noisy_train_labels(data.train.y_clean, 2, noise, "symmetric", None, seed)
+    data.train.y = noisy
+    return data
 
 
 def zscore_columns(X: np.ndarray, ref: np.ndarray) -> np.ndarray:

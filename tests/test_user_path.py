@@ -362,3 +362,12 @@ def test_extract_reports_repaired_shards(tmp_path):
     assert again["shards_repaired"] == [1] and again["shards_written"] == 1
     text = invoke(["extract", str(store), *common[:-1]])
     assert "0 repaired" in text.stdout
+
+
+def test_detect_runs_aum_on_tables_but_not_on_a_user_model():
+    """AUM reads the checkpoints of the training run that ``detect`` does on a table; a
+    user model comes without them, so its default list leaves AUM out."""
+    from gradsift.cli.detect import default_detectors
+
+    assert default_detectors(None).split(",")[:2] == ["l2", "aum"]
+    assert "aum" not in default_detectors("mymodel.py:make").split(",")

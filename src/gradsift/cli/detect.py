@@ -20,6 +20,15 @@ from gradsift.cli.app import (
     write_atomically,
 )
 
+#: Default detectors of ``detect`` on a table; ``aum`` reads the checkpoints of its
+#: training run, so a user model (``--model``) gets the others.
+TABLE_DETECTORS = "l2,aum,l1,iforest,knn,lof,ecod,loss"
+
+
+def default_detectors(model: str | None) -> str:
+    """The detectors ``detect`` runs when ``--detectors`` is not given."""
+    return TABLE_DETECTORS.replace("aum,", "") if model else TABLE_DETECTORS
+
 
 def parse_checkpoint(value: str) -> str | list[int]:
     """``best``, ``final``, ``ensemble`` or comma-separated epochs (``"3,7"``)."""
@@ -53,7 +62,9 @@ def detect(
     classifier: str = typer.Option("mlp", help="Classifier trained on the table: logreg or mlp."),
     hidden: int = typer.Option(128, help="MLP hidden width."),
     epochs: int = typer.Option(
-        50, help="Maximum epochs; the early-stopping epoch is chosen on a validation split."
+        50,
+        help="Maximum epochs; the epochs to take gradients at are chosen on a validation "
+        "split, then the model is retrained on all rows up to the last of them.",
     ),
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
     model: str = typer.Option(
@@ -65,13 +76,16 @@ def detect(
         None,
         help="With --model: tracked parameters: last_linear, all, lora, or comma-separated module names (default: the task's own).",
     ),
-    detectors: str = typer.Option(
-        "l2,l1,iforest,knn,lof,ecod,loss",
-        help="Comma-separated detectors; the first one ranks the summary.",
+    detectors: str | None = typer.Option(
+        None,
+        help="Comma-separated detectors; the first one ranks the summary (default: "
+        f"{TABLE_DETECTORS} for a table; without aum, which needs the training run, for --model).",
     ),
     budget: float = typer.Option(0.1, help="Flag this fraction (< 1) or count (>= 1) of rows."),
     checkpoint: str = typer.Option(
-        "best", help="best (early stopping), final, ensemble, or comma-separated epochs."
+        "best",
+        help="best: the epochs around the lowest (noisy) validation loss, scores summed; "
+        "final: the last of those epochs; ensemble; or comma-separated epochs.",
     ),
     seed: int = typer.Option(0, help="Seed for splits, training and detectors."),
     output: Path = typer.Option(
@@ -103,7 +117,7 @@ def detect(
         fail("--out and --report name the same file")
     with user_errors():
         config = OGAConfig(
-            detectors=split_names(detectors),
+            detectors=split_names(default_detectors(model) if detectors is None else detectors),
             budget=parse_budget(budget),
             checkpoint=parse_checkpoint(checkpoint),  # type: ignore[arg-type]
             seed=seed,

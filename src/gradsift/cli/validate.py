@@ -30,7 +30,7 @@ def validate_cmd(
         None, help="Actual leave-one-out test-loss changes .npy [n_train, n_test]."
     ),
     report: Path | None = typer.Option(None, help="Write an HTML report here."),
-    overwrite: bool = typer.Option(False, help="Replace an existing report."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
 ) -> None:
     """Linear datamodeling score and/or leave-one-out agreement of saved scores."""
