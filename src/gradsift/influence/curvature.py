@@ -103,6 +103,20 @@ class CurvatureOperator(Protocol):
         ...
 
 
+def as_rows(V: torch.Tensor | np.ndarray, dim: int) -> tuple[torch.Tensor, bool]:
+    """``V`` (``[m, dim]`` or ``[dim]``, tensor or array) as a detached ``[m, dim]`` tensor,
+    and whether it was one vector; ``GradsiftError`` for any other shape."""
+    V = torch.as_tensor(np.asarray(V) if not isinstance(V, torch.Tensor) else V).detach()
+    squeeze = V.dim() == 1
+    W = V.reshape(1, -1) if squeeze else V
+    if W.dim() != 2 or W.shape[1] != dim:
+        raise GradsiftError(
+            f"vectors must have shape [m, {dim}] (the tracked-parameter layout), got "
+            f"{tuple(V.shape)}"
+        )
+    return W, squeeze
+
+
 class CurvatureBase(ABC):
     """The shared implementation of :class:`CurvatureOperator`.
 
@@ -222,16 +236,8 @@ class CurvatureBase(ABC):
 
     def _check(self, V: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """``V`` as ``[m, D]`` in the operator's dtype/device, and whether it was ``[D]``."""
-        if not isinstance(V, torch.Tensor):
-            V = torch.as_tensor(np.asarray(V))
-        squeeze = V.dim() == 1
-        V = V.reshape(1, -1) if squeeze else V
-        if V.dim() != 2 or V.shape[1] != self.dim:
-            raise GradsiftError(
-                f"vectors must have shape [m, {self.dim}] (the tracked parameters), got "
-                f"{tuple(V.shape)}"
-            )
-        return V.to(self.device, self.dtype), squeeze
+        W, squeeze = as_rows(V, self.dim)
+        return W.to(self.device, self.dtype), squeeze
 
 
 def power_iteration(

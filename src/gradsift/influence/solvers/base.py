@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, default_collate
 from gradsift.config import DEFAULT_DAMPING
 from gradsift.errors import GradsiftError
 from gradsift.grads.layout import Block
-from gradsift.influence.curvature import CurvatureOperator
+from gradsift.influence.curvature import CurvatureOperator, as_rows
 from gradsift.influence.hessian import HessianOperator
 from gradsift.task import Task
 
@@ -151,14 +151,7 @@ class InverseHVP(ABC):
         """
         if not self.fitted:
             raise GradsiftError(f"{type(self).__name__} is not fitted; call fit(...) first")
-        V_in = torch.as_tensor(V).detach()
-        squeeze = V_in.dim() == 1
-        W = V_in.reshape(1, -1) if squeeze else V_in
-        if W.dim() != 2 or W.shape[1] != self.dim:
-            raise GradsiftError(
-                f"solve expects vectors [m, {self.dim}] in the tracked-parameter layout, got "
-                f"{tuple(V_in.shape)}"
-            )
+        W, squeeze = as_rows(V, self.dim)
         bad = (~torch.isfinite(W).all(dim=1)).nonzero().flatten()
         if len(bad):
             raise GradsiftError(f"solve got NaN/Inf in rows {bad[:10].tolist()} of V")
@@ -166,11 +159,11 @@ class InverseHVP(ABC):
         diag = SolverDiagnostics(method=self.name, damping=self.damping, rows=W.shape[0])
         if W.shape[0] == 0:
             self.diagnostics = diag
-            return V_in.clone()
+            return (W[0] if squeeze else W).clone()
         X = self._solve(W.to(self._device, self._dtype), diag)
         diag.seconds = time.perf_counter() - t0
         self.diagnostics = diag
-        X = X.detach().to(V_in.device, V_in.dtype)
+        X = X.detach().to(W.device, W.dtype)
         return X[0] if squeeze else X
 
     @abstractmethod
