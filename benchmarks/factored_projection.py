@@ -22,9 +22,14 @@ All ratios are measured side by side in one run, on the same rows and batch size
    for a dense Gaussian projection of the same dimension per layer (``k_out·k_in``, weight
    and bias together): relative Frobenius error of the Gram matrix, mean |error| of the
    off-diagonal inner products ÷ ``‖g_i‖‖g_j‖``, Pearson r of the off-diagonal inner
-   products, and recall of the 10 nearest rows by inner product. LDS is not measured.
+   products, and recall of the 10 nearest rows by inner product.
+4. **LDS** of the gradient-dot score on the digits MLP of
+   ``benchmarks/influence_fidelity.py`` (all parameters): exact gradients, factored rows
+   and dense Gaussian rows of the same per-layer width (``--lds-ks``), mean ± std over
+   ``--lds-seeds`` projection seeds.
 
-    nice -n 10 .venv/bin/python benchmarks/factored_projection.py   # ~15-25 min, 2 cores
+    nice -n 10 .venv/bin/python benchmarks/factored_projection.py \\
+        --out benchmarks/results/factored_projection.md   # ~15-25 min, 2 cores
 """
 
 from __future__ import annotations
@@ -329,6 +334,53 @@ def quality(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- 4. LDS
+def lds_quality(args: argparse.Namespace) -> str:
+    """LDS of the gradient-dot score ``⟨z_i, z_t⟩`` (all parameters of the digits MLP
+    64-32-10 of ``benchmarks/influence_fidelity.py``, same subsets and subset models)
+    with exact gradients, factored rows and dense Gaussian rows of the same per-layer
+    width, over ``--lds-seeds`` projection seeds."""
+    import numpy as np
+    from influence_fidelity import digits_lds  # benchmarks/ is on sys.path
+
+    gt = digits_lds(args.lds_models, args.lds_epochs)
+    task = ClassificationTask("all")
+    vmap = GradientComputer(gt.model, task, "vmap", chunk_size=64)
+    G, T = (vmap.compute(part)[0].double() for part in (gt.train, gt.test))
+
+    def lds(train: torch.Tensor, test: torch.Tensor) -> float:
+        result = gt.lds((train @ test.T).numpy())
+        return float("nan") if result is None else result.score
+
+    lines = [
+        f"Digits MLP 64-32-10, all {G.shape[1]:,} parameters; {len(G)} train and {len(T)} "
+        f"test points; {args.lds_models} models on α = 0.5 subsets, {args.lds_epochs} epochs "
+        f"each (`benchmarks/influence_fidelity.py`'s recipe). Score = gradient dot "
+        f"⟨z_i, z_t⟩ (positive = helpful) against −loss of each subset model; mean ± std "
+        f"over {args.lds_seeds} projection seeds.",
+        "",
+        "| k_out×k_in per layer | row dim | projection | LDS |",
+        "|---|---:|---|---|",
+        f"| – | {G.shape[1]:,} | none (exact gradients) | {lds(G, T):.4f} |",
+    ]
+    for k in args.lds_ks:
+        for label in ("factored", "dense Gaussian"):
+            scores, dim = [], 0
+            for seed in range(args.lds_seeds):
+                fp = FactoredProjector(gt.model, task, kron(k, seed=seed))
+                dim = fp.dim
+                if label == "factored":
+                    Zg, Zt = (fp.compute(part)[0].double() for part in (gt.train, gt.test))
+                else:
+                    Zg, Zt = dense_same_dims(G, fp, seed), dense_same_dims(T, fp, seed)
+                scores.append(lds(Zg, Zt))
+            lines.append(
+                f"| {k}² | {dim:,} | {label} | {np.mean(scores):.4f} ± {np.std(scores):.4f} |"
+            )
+        print(f"  lds k={k} done", flush=True)
+    return "\n".join(lines)
+
+
 def main() -> None:
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # see the module docstring
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(64 * 1024))
@@ -344,8 +396,15 @@ def main() -> None:
     parser.add_argument("--smol-batch", type=int, default=8)
     parser.add_argument("--smol-rounds", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["mnist", "smollm2", "quality"])
+    parser.add_argument("--lds-models", type=int, default=50)
+    parser.add_argument("--lds-epochs", type=int, default=30)
+    parser.add_argument("--lds-ks", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--lds-seeds", type=int, default=5)
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["mnist", "smollm2", "quality", "lds"]
+    )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None, help="also write the tables here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -358,7 +417,14 @@ def main() -> None:
         out.append(smollm2_cost(args))
     if "quality" not in args.skip:
         out.append(quality(args, x, y))
-    print("\n\n".join(out))
+    if "lds" not in args.skip:
+        out.append(lds_quality(args))
+    text = "\n\n".join(out)
+    print(text)
+    if args.out is not None:
+        command = " ".join(["nice -n 10 .venv/bin/python", *sys.argv])
+        header = f"# Factored (Kronecker) gradient projection\n\nCommand: `{command}`\n\n"
+        args.out.write_text(header + text + "\n")
 
 
 if __name__ == "__main__":

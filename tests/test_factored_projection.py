@@ -4,6 +4,7 @@ padding; row independence, seeding, unbiasedness and refusals."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 
 import pytest
@@ -251,10 +252,13 @@ def test_hook_gradients_and_manifest():
     assert rel_err(torch.as_tensor(rows), Z) < 1e-6
     assert losses.dtype.name == "float64" and len(losses) == 10
     manifest = fp.manifest()
-    layers = manifest["kronecker_layers"]
+    layers = manifest["layers"]
+    assert manifest["seeding"].startswith("P_in/P_out ~ N(0, 1/k) from SeedSequence")
     assert [(e["module"], e["k_out"], e["k_in"], e["offset"]) for e in layers] == [
         (b.name, *b.shape, b.offset) for b in fp.out_blocks
     ]
+    word = int.from_bytes(hashlib.sha256(b"0").digest()[:8], "little")
+    P_out, P_in = fp.factors(fp.layers[0])
     assert layers[0] == {
         "module": "0",
         "weight": "0.weight",
@@ -264,6 +268,11 @@ def test_hook_gradients_and_manifest():
         "k_out": 3,
         "k_in": 4,
         "offset": 0,
+        "seed_out": [1, word, 1],
+        "seed_in": [1, word, 0],
+        "factors_sha256": hashlib.sha256(
+            P_out.numpy().tobytes() + P_in.numpy().tobytes()
+        ).hexdigest(),
     }
     assert config.to_dict() == {"dim": 4, "kind": "kronecker", "seed": 1, "dim_out": 3}
     assert ProjectionConfig(**config.to_dict()) == config

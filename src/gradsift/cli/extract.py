@@ -39,9 +39,25 @@ def extract_cmd(
         None, help="last_linear, all, lora, or comma-separated names."
     ),
     project_dim: int = typer.Option(
-        0, help="Random projection dimension per tracked block (0: none)."
+        0,
+        "--project-dim",
+        "--proj-dim",
+        help="Random projection dimension per tracked block (0: none); for kronecker, k_in per layer.",
     ),
-    projection_kind: str = typer.Option("rademacher", help="gaussian, rademacher or sparse."),
+    projection_kind: str = typer.Option(
+        "rademacher",
+        "--projection-kind",
+        "--projection",
+        help="gaussian, rademacher, sparse, or kronecker: each Linear/Conv2d layer's gradient "
+        "projected as P_out^T G P_in (k_out x k_in numbers) from its inputs and output "
+        "gradients, without forming G.",
+    ),
+    proj_dim_out: int = typer.Option(
+        0,
+        "--proj-dim-out",
+        "--project-dim-out",
+        help="kronecker only: k_out per layer (0: same as --proj-dim).",
+    ),
     projection_seed: int = typer.Option(0, help="Projection seed (recorded in the manifest)."),
     rows_per_shard: int = typer.Option(
         4096, help="Rows per shard file (the unit of work and of resumption)."
@@ -52,7 +68,9 @@ def extract_cmd(
     measurement: bool = typer.Option(
         False, help="Gradients of the test-side measurement (for test stores)."
     ),
-    overwrite: bool = typer.Option(False, help="Discard a store made with other settings."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Discard a store made with other settings."
+    ),
     device: str = typer.Option(
         "auto", help="auto (the rank's GPU under nccl, else CPU), cpu, cuda:N."
     ),
@@ -68,6 +86,7 @@ def extract_cmd(
 
     if verify not in ("full", "header"):
         fail(f"--verify must be full or header, got {verify!r}")
+    _check_projection(project_dim, projection_kind, proj_dim_out)
     builtin = None
     with user_errors():
         if dataset:  # the built-in data sets need scikit-learn: import only when asked for
@@ -83,6 +102,7 @@ def extract_cmd(
             project_dim=project_dim,
             projection_kind=projection_kind,
             projection_seed=projection_seed,
+            projection_dim_out=proj_dim_out or None,
             rows_per_shard=rows_per_shard,
             batch_size=batch_size,
             dtype=dtype,
@@ -103,3 +123,18 @@ def extract_cmd(
                 f"{len(summary['shards_repaired'])} repaired{repaired}; {summary['world_size']} process(es), "
                 f"backend {summary['backend']}, {summary['seconds']:.1f} s"
             )
+
+
+KINDS = ("gaussian", "rademacher", "sparse", "kronecker")
+
+
+def _check_projection(dim: int, kind: str, dim_out: int) -> None:
+    """Refuse an impossible projection before any work (one line, exit 2)."""
+    if kind not in KINDS:
+        fail(f"--projection-kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if dim < 0 or dim_out < 0:
+        fail("--proj-dim and --proj-dim-out must be >= 0")
+    if kind == "kronecker" and dim == 0:
+        fail("--projection kronecker needs --proj-dim K (k_in per layer)")
+    if dim_out and kind != "kronecker":
+        fail(f"--proj-dim-out is a setting of --projection kronecker, not of {kind!r}")

@@ -78,6 +78,7 @@ def run_extract(
     project_dim: int = 0,
     projection_kind: str = "rademacher",
     projection_seed: int = 0,
+    projection_dim_out: int | None = None,
     rows_per_shard: int = 4096,
     batch_size: int = 256,
     dtype: str = "float32",
@@ -95,7 +96,8 @@ def run_extract(
 
     Give exactly one of ``model`` (``'pkg.module:factory'``) and ``builtin``. ``tracked``
     (e.g. ``"all"`` or ``["fc1", "fc2"]``, see :func:`gradsift.task.parse_tracked`)
-    overrides the task's tracked parameters.
+    overrides the task's tracked parameters. ``projection_dim_out`` is ``k_out`` of the
+    ``"kronecker"`` projection (``None``: ``project_dim``).
 
     ``device="auto"`` puts the model on ``cuda:LOCAL_RANK`` when the process group uses
     nccl (one GPU per rank) or a single process has CUDA, and on the CPU otherwise.
@@ -104,7 +106,12 @@ def run_extract(
         setup = resolve_setup(model, builtin, tracked)
         setup.model.to(_device(device, ctx))
         config = ExtractConfig(
-            projection=ProjectionConfig(project_dim, projection_kind, projection_seed)  # type: ignore[arg-type]
+            projection=ProjectionConfig(
+                project_dim,
+                projection_kind,  # type: ignore[arg-type]
+                projection_seed,
+                projection_dim_out,
+            )
             if project_dim
             else None,
             rows_per_shard=rows_per_shard,

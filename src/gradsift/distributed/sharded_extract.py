@@ -103,6 +103,11 @@ def sharded_extract(
     of an earlier run are checked before they are resumed (see
     :func:`gradsift.grads.extract.prepare_resume`).
 
+    ``config.projection`` may be any kind, ``"kronecker"`` included (the factored
+    projection of :class:`gradsift.grads.kronecker.FactoredProjector`): its per-layer
+    factors depend only on the seed and the layer names, so every rank draws the same
+    matrices; their seeds and sha256 are part of the settings that step 1 compares.
+
     Raises:
         GradsiftError: on every rank, when any rank fails (settings differ between
             ranks, the store holds another extraction, another process is writing it,

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset, TensorDataset, default_collate
 
 from gradsift.errors import GradsiftError
 from gradsift.grads.computer import GradientComputer, Method
+from gradsift.grads.kronecker import FactoredProjector
 from gradsift.grads.projection import ProjectionConfig, Projector
 from gradsift.progress import track
 from gradsift.store.gradient_store import GradientStore, StoreSettings, model_fingerprint
@@ -50,19 +51,39 @@ def as_dataset(data: Dataset | Sequence[Any] | tuple[Any, ...]) -> Dataset:
 class Extractor:
     """Per-sample gradients (projected if configured) of ``model`` under ``task``.
 
-    ``compute(batch) -> (rows [B, out_dim] float32 numpy, losses [B] float64 numpy)``.
+    ``compute(batch) -> (rows [B, out_dim] numpy, losses [B] float64 numpy)``; rows are
+    float32 (float64 for a float64 model) and cast to ``config.dtype`` by the store.
+
+    With ``ProjectionConfig(kind="kronecker")`` the rows come from
+    :class:`~gradsift.grads.kronecker.FactoredProjector` (every tracked parameter must be
+    the weight or bias of an ``nn.Linear``/``nn.Conv2d``; the per-sample gradient is never
+    formed, so ``method`` must stay ``"auto"``); otherwise from
+    :class:`~gradsift.grads.computer.GradientComputer`, then the dense
+    :class:`~gradsift.grads.projection.Projector` if one is configured.
     """
 
     def __init__(
         self, model: nn.Module, task: Task, config: ExtractConfig = ExtractConfig()
     ) -> None:
         self.model, self.task, self.config = model, task, config
+        self.computer: GradientComputer | FactoredProjector
+        self.projector: Projector | None = None
+        if config.projection is not None and config.projection.kind == "kronecker":
+            if config.method != "auto":
+                raise GradsiftError(
+                    f"method {config.method!r} does not apply to the kronecker projection, "
+                    "which projects layer inputs and output gradients itself: use method 'auto'"
+                )
+            self.computer = FactoredProjector(
+                model, task, config.projection, config.measurement, config.chunk_size
+            )
+            self.dim = self.computer.dim
+            return
         self.computer = GradientComputer(
             model, task, config.method, config.chunk_size, config.measurement
         )
-        self.projector = (
-            Projector(self.computer.layout, config.projection) if config.projection else None
-        )
+        if config.projection is not None:
+            self.projector = Projector(self.computer.layout, config.projection)
         self.dim = self.projector.out_dim if self.projector else self.computer.dim
 
     def compute(self, batch: Any, first_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -72,6 +93,10 @@ class Extractor:
         return G.detach().cpu().numpy(), losses.detach().cpu().double().numpy()
 
     def settings(self, n_rows: int, extra: dict[str, Any] | None = None) -> StoreSettings:
+        """The store settings of this extraction; a kronecker projection also records its
+        per-layer factors (seeds, shapes, sha256) under ``extra["kronecker"]``."""
+        if isinstance(self.computer, FactoredProjector):
+            extra = {"kronecker": self.computer.manifest(), **(extra or {})}
         return StoreSettings(
             fingerprint=model_fingerprint(self.model),
             tracked=[{"name": b.name, "shape": list(b.shape)} for b in self.computer.layout],

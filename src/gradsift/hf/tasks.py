@@ -20,6 +20,11 @@ Tracked parameters (``tracked=``):
 - ``"head"``: the last ``nn.Linear`` (the classifier head); refused when its weight is
   tied to the input embeddings;
 - ``"lora"``: the LoRA adapter matrices of a peft model (``lora_A``/``lora_B``/...);
+- ``"linear"``: the weight and bias (those with ``requires_grad``) of every ``nn.Linear``
+  whose weight is trainable and not tied to another parameter (every linear layer of a
+  transformer, LoRA adapters included, frozen base layers and a tied ``lm_head``
+  excluded): what the factored projection
+  (``ProjectionConfig(kind="kronecker")``, :mod:`gradsift.grads.kronecker`) takes;
 - ``"all"``: every parameter with ``requires_grad``;
 - ``"auto"``: ``"lora"`` if the model has LoRA adapters, else ``"head"`` (classification)
   or ``"all"`` (causal LM);
@@ -36,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradsift.errors import GradientError
+from gradsift.grads.kronecker import factorable_modules
 from gradsift.hf.models import attention_bias
 from gradsift.task import ClassificationTask, Task, last_linear, select_tracked
 
@@ -45,6 +51,7 @@ __all__ = [
     "HFTrackSpec",
     "SequenceClassificationTask",
     "has_lora",
+    "linear_parameters",
     "lora_parameters",
     "model_inputs",
     "resolve_tracked",
@@ -53,7 +60,7 @@ __all__ = [
 #: Label value of tokens that are not scored (prompt and padding), as in transformers.
 IGNORE_INDEX = -100
 
-HFTrackSpec = Literal["head", "lora", "all", "auto"] | Sequence[str]
+HFTrackSpec = Literal["head", "lora", "linear", "all", "auto"] | Sequence[str]
 
 _LORA_MARKERS = ("lora_A.", "lora_B.", "lora_embedding_A.", "lora_embedding_B.", "lora_magnitude")
 
@@ -70,6 +77,25 @@ def lora_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 def has_lora(model: nn.Module) -> bool:
     """Whether ``model`` holds trainable LoRA adapters (e.g. from ``peft.get_peft_model``)."""
     return bool(lora_parameters(model))
+
+
+def linear_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Trainable weights and biases of every untied ``nn.Linear`` with a trainable weight
+    (see :func:`gradsift.grads.kronecker.factorable_modules`), in ``named_parameters``
+    order."""
+    modules = {
+        name
+        for name in factorable_modules(model)
+        if isinstance(model.get_submodule(name), nn.Linear)
+    }
+    found = {
+        n: p
+        for n, p in model.named_parameters()
+        if p.requires_grad and n.rpartition(".")[0] in modules
+    }
+    if not found:
+        raise GradientError(f"{type(model).__name__} has no trainable, untied nn.Linear layer")
+    return found
 
 
 def _head_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -109,10 +135,12 @@ def resolve_tracked(
                     "LoraConfig(...)), or track 'head'/'all'/named modules"
                 )
             return found
+        if spec == "linear":
+            return linear_parameters(model)
         if spec in ("all", "last_linear"):
             return select_tracked(model, spec)
         raise GradientError(
-            f"unknown tracking spec {spec!r}: use 'head', 'lora', 'all', 'auto' or a list of "
+            f"unknown tracking spec {spec!r}: use 'head', 'lora', 'linear', 'all', 'auto' or a list of "
             "module/parameter names"
         )
     return select_tracked(model, list(spec))

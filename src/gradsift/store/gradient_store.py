@@ -2,7 +2,9 @@
 
 Layout of a store directory::
 
-    manifest.json            settings (fingerprint, tracked, projection, dtype, rows, dim)
+    manifest.json            settings (fingerprint, tracked, projection, dtype, rows, dim;
+                             for a kronecker projection, extra["kronecker"]: the seeding
+                             and per-layer shapes, factor seeds and factor sha256)
                              and, once every shard is written, "complete": true
     grads-000000.npy         rows [0, S) of the gradient matrix, [rows, dim]
     loss-000000.npy          the same rows' per-sample losses, [rows] float64
@@ -58,7 +60,10 @@ class StoreSettings:
     n_rows: int
     rows_per_shard: int = 4096
     dtype: str = "float32"
+    #: ``ProjectionConfig.to_dict()``: ``dim``, ``kind``, ``seed`` (+ ``dim_out`` for kronecker)
     projection: dict[str, Any] | None = None
+    #: task, measurement and, for a kronecker projection, ``"kronecker"``
+    #: (:meth:`gradsift.grads.kronecker.FactoredProjector.manifest`)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
