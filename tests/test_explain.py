@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
 from gradsift.errors import GradsiftError
+from gradsift.evaluate.simulatability import explanation_simulatability, random_selection
 from gradsift.experiments.datasets import load_digits
 from gradsift.experiments.explain_run import run_explain
 from gradsift.experiments.models import mlp
@@ -160,6 +162,41 @@ def test_run_explain_result_renders_report_and_csv(tmp_path):
     json.dumps(run.info)  # JSON-serialisable for the CLI's --json
 
 
+def _vote_by_hand(rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Majority label of each row's shown samples; ties to the label shown first."""
+    out = []
+    for row in rows:
+        seen = [int(labels[i]) for i in row if i >= 0]
+        counts = Counter(seen)
+        best = max(counts.values())
+        out.append(next(lab for lab in seen if counts[lab] == best))
+    return np.array(out)
+
+
+def test_run_explain_reports_simulatability(tmp_path):
+    from gradsift.report.pages import explain_report
+
+    run = run_explain(
+        dataset="digits", noise=0.1, epochs=5, hidden=16, n_auto=6, top=5, method="dot"
+    )
+    sim = run.info["simulatability"]
+    expl, labels = run.explanations, run.data.train.y
+    pred = run.predicted[expl.test_indices]
+    direct = explanation_simulatability(expl, labels, pred, seed=0)
+    assert sim == {kind: acc.to_dict() for kind, acc in direct.items()}
+    assert set(sim) == {"helpful", "harmful", "random"}
+    # independent count for the helpful and random samples (same seed for the control)
+    random_rows = random_selection(len(labels), len(pred), expl.top, seed=0)
+    for kind, rows in (("helpful", expl.helpful_indices), ("random", random_rows)):
+        correct = int((_vote_by_hand(rows, labels) == pred).sum())
+        assert sim[kind]["correct"] == correct and sim[kind]["n"] == len(pred) == 12
+        assert sim[kind]["accuracy"] == pytest.approx(correct / len(pred))
+        assert sim[kind]["low"] <= sim[kind]["accuracy"] <= sim[kind]["high"]
+    html = explain_report(run).save(tmp_path / "e.html").read_text()
+    assert "Quality: do the shown samples explain the predictions?" in html
+    assert f"{sim['helpful']['correct']} / 12" in html and "Simulatability:" in html
+
+
 def test_cli_explain_json_and_bad_input(tmp_path):
     from typer.testing import CliRunner
 
@@ -172,6 +209,12 @@ def test_cli_explain_json_and_bad_input(tmp_path):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["info"]["test_indices"] == [4, 9]
+    assert payload["info"]["simulatability"]["helpful"]["n"] == 2
     assert len(payload["scores"]) == 2 * 2 * 2 and (tmp_path / "r.html").exists()
+    text = runner.invoke(app, [*args, "--report", str(tmp_path / "t.html")])
+    assert text.exit_code == 0, text.output
+    sim = payload["info"]["simulatability"]["helpful"]
+    flat = " ".join(text.output.split())  # rich wraps long lines
+    assert f"helpful {sim['accuracy']:.0%} [{sim['low']:.0%}, {sim['high']:.0%}]" in flat
     bad = runner.invoke(app, ["explain", "--dataset", "half_moons", "--noise", "0.2"])
     assert bad.exit_code == 2 and "has its own fixed label noise; drop --noise" in bad.output

@@ -109,6 +109,15 @@ def explain_command(
         f"the shown helpful {run.info['flipped_among_helpful']:.0%}, harmful "
         f"{run.info['flipped_among_harmful']:.0%}. Report: {shown(report)}"
     )
+    sim = run.info["simulatability"]
+    out.print(
+        f"Simulatability (label vote of the {sim['helpful']['k']} shown samples reproduces the "
+        f"prediction, {sim['helpful']['n']} points, 95% interval): "
+        + ", ".join(
+            f"{kind} {v['accuracy']:.0%} [{v['low']:.0%}, {v['high']:.0%}]"
+            for kind, v in sim.items()
+        )
+    )
 
 
 if __name__ == "__main__":

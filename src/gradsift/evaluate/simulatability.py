@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from scipy.stats import norm
 
+from gradsift.errors import GradsiftError
+
 if TYPE_CHECKING:
     from gradsift.influence.explain import Explanations
 
@@ -90,9 +92,9 @@ def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[flo
     normal quantile of ``confidence``. ``n = 0`` gives ``(0, 1)``.
     """
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+        raise GradsiftError(f"confidence must lie in (0, 1), got {confidence}")
     if n < 0 or not 0 <= correct <= n:
-        raise ValueError(f"need 0 <= correct <= n, got correct={correct}, n={n}")
+        raise GradsiftError(f"need 0 <= correct <= n, got correct={correct}, n={n}")
     if n == 0:
         return 0.0, 1.0
     z = float(norm.ppf(0.5 + confidence / 2))
@@ -106,9 +108,9 @@ def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[flo
 def _as_shown(shown: np.ndarray | list[list[int]], n_train: int) -> np.ndarray:
     arr = np.asarray(shown, dtype=np.int64)
     if arr.ndim != 2:
-        raise ValueError(f"shown must be [m, k] training indices, got shape {arr.shape}")
+        raise GradsiftError(f"shown must be [m, k] training indices, got shape {arr.shape}")
     if np.any(arr >= n_train) or np.any(arr < -1):
-        raise ValueError(f"shown indices must lie in [0, {n_train}) or be -1 (padding)")
+        raise GradsiftError(f"shown indices must lie in [0, {n_train}) or be -1 (padding)")
     return arr
 
 
@@ -142,7 +144,7 @@ def knn_vote(
     samples nearest to each test point (float features ``[n_train, d]`` / ``[m, d]``,
     Euclidean); ``-1`` where nothing was shown."""
     if n_neighbors < 1:
-        raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}")
+        raise GradsiftError(f"n_neighbors must be >= 1, got {n_neighbors}")
     labels = np.asarray(train_labels, dtype=np.int64)
     arr = _as_shown(shown, len(labels))
     Xtr = np.asarray(train_features, dtype=np.float64).reshape(len(labels), -1)
@@ -181,15 +183,15 @@ def simulator_accuracy(
     pred = np.asarray(predictions, dtype=np.int64).reshape(-1)
     arr = np.asarray(shown)
     if arr.ndim != 2 or arr.shape[0] != pred.size:
-        raise ValueError(f"shown must be [m={pred.size}, k], got shape {arr.shape}")
+        raise GradsiftError(f"shown must be [m={pred.size}, k], got shape {arr.shape}")
     if simulator == "vote":
         sim = label_vote(arr, train_labels)
     elif simulator == "knn":
         if train_features is None or test_features is None:
-            raise ValueError("simulator='knn' needs train_features and test_features")
+            raise GradsiftError("simulator='knn' needs train_features and test_features")
         sim = knn_vote(arr, train_labels, train_features, test_features, n_neighbors)
     else:
-        raise ValueError(f"simulator must be 'vote' or 'knn', got {simulator!r}")
+        raise GradsiftError(f"simulator must be 'vote' or 'knn', got {simulator!r}")
     correct = int(np.sum(sim == pred))
     low, high = wilson_interval(correct, pred.size, confidence)
     return SimulatorAccuracy(
@@ -244,7 +246,9 @@ def compare_selections(
         arr = np.asarray(shown, dtype=np.int64)
         for k in ks:
             if k > arr.shape[1]:
-                raise ValueError(f"selection {name!r} has {arr.shape[1]} columns, fewer than k={k}")
+                raise GradsiftError(
+                    f"selection {name!r} has {arr.shape[1]} columns, fewer than k={k}"
+                )
             acc = simulator_accuracy(arr[:, :k], train_labels, predictions, **simulator_kwargs)
             rows.append({"selection": name, **acc.to_dict()})
     return rows
@@ -255,6 +259,7 @@ def explanation_simulatability(
     train_labels: np.ndarray,
     predictions: np.ndarray,
     confidence: float = 0.95,
+    seed: int = 0,
 ) -> dict[str, SimulatorAccuracy]:
     """The vote simulator's accuracy on an :class:`~gradsift.influence.explain.Explanations`.
 
@@ -263,17 +268,21 @@ def explanation_simulatability(
         train_labels: int ``[n_train]`` the labels the model was trained on.
         predictions: int ``[m]`` the model's predictions on the explained test points, in
             the order of ``explanations.test_indices``.
+        confidence: level of the Wilson intervals.
+        seed: seed of the random control (:func:`random_selection`, ``top`` per point).
 
     Returns:
-        ``{"helpful": ..., "harmful": ...}``. Helpful samples that explain the prediction
-        should give a high accuracy; harmful ones (which pull the other way) a low one.
+        ``{"helpful": ..., "harmful": ..., "random": ...}``, each shown ``top`` samples per
+        test point. Helpful samples that explain the prediction should beat the random
+        control; harmful ones (which pull the other way) should fall below it.
     """
+    helpful = np.asarray(explanations.helpful_indices, dtype=np.int64)
+    selections = {
+        "helpful": helpful,
+        "harmful": np.asarray(explanations.harmful_indices, dtype=np.int64),
+        "random": random_selection(len(train_labels), helpful.shape[0], helpful.shape[1], seed),
+    }
     return {
-        kind: simulator_accuracy(
-            getattr(explanations, f"{kind}_indices"),
-            train_labels,
-            predictions,
-            confidence=confidence,
-        )
-        for kind in ("helpful", "harmful")
+        kind: simulator_accuracy(shown, train_labels, predictions, confidence=confidence)
+        for kind, shown in selections.items()
     }

@@ -4,7 +4,8 @@
 model (:func:`gradsift.experiments.pipeline.load_and_build`), trains it, picks test points
 (misclassified and correct ones by default) and explains them with
 :func:`gradsift.influence.explain.explain` (FastIF or an influence method; positive
-influence = helpful). It returns an :class:`ExplainRun`; the HTML page is
+influence = helpful), and measures how well the shown samples explain the predictions
+(:func:`simulatability`). It returns an :class:`ExplainRun`; the HTML page is
 :func:`gradsift.report.pages.explain_report` and the scores table
 ``run.explanations.to_frame()``.
 """
@@ -22,6 +23,7 @@ import torch
 
 from gradsift.config import DEFAULT_DAMPING
 from gradsift.errors import GradsiftError
+from gradsift.evaluate.simulatability import SimulatorAccuracy, explanation_simulatability
 from gradsift.experiments.datasets import DATASETS, LabeledData, dataset_key
 from gradsift.experiments.pipeline import load_and_build
 from gradsift.experiments.training import TrainConfig, predict_proba, train_classifier
@@ -30,7 +32,7 @@ from gradsift.influence.fastif import FastIFConfig
 from gradsift.influence.neighbors import IndexConfig
 from gradsift.task import ClassificationTask
 
-__all__ = ["ExplainRun", "run_explain"]
+__all__ = ["ExplainRun", "run_explain", "simulatability"]
 
 
 def _check_n_train(dataset: str, n_train: int | None) -> dict[str, Any]:
@@ -50,7 +52,9 @@ class ExplainRun:
     Attributes:
         explanations: per test point the top helpful / harmful training samples and the
             heatmap rows (positive influence = helpful).
-        info: JSON-serialisable facts (data set, test indices, accuracy, timings, ...).
+        info: JSON-serialisable facts (data set, test indices, accuracy, timings,
+            ``"simulatability"``: :func:`simulatability` as ``{kind: {accuracy, low,
+            high, n, correct, ...}}``).
         data: the data set (train split with its flips, test split).
         predicted: int ``[n_test]`` the model's test predictions.
         model_name, epochs: how the model was trained (for the report's subtitle).
@@ -151,6 +155,27 @@ def run_explain(
         "method": method,
         "flipped_among_helpful": h_flip,
         "flipped_among_harmful": a_flip,
+        "simulatability": {
+            kind: acc.to_dict() for kind, acc in simulatability(expl, data, predicted, seed).items()
+        },
         "timings": expl.settings["timings"],
     }
     return ExplainRun(expl, info, data, predicted, model_name, epochs)
+
+
+def simulatability(
+    expl: Explanations, data: LabeledData, predicted: np.ndarray, seed: int = 0
+) -> dict[str, SimulatorAccuracy]:
+    """Quality of the explanations: can the shown samples' labels reproduce the predictions?
+
+    The label-vote simulator (:func:`gradsift.evaluate.simulatability.label_vote`) sees the
+    ``top`` helpful (or harmful, or ``top`` random: the control) training samples of each
+    explained test point with their *given* training labels, and guesses the model's
+    prediction ``predicted[test_indices]``. Returns ``{"helpful", "harmful", "random"}``
+    accuracies with 95% Wilson intervals over the explained points (few points: wide
+    intervals). Explanations score the loss at the *given* test label, so on misclassified
+    points helpful samples support the true label rather than the prediction.
+    """
+    return explanation_simulatability(
+        expl, data.train.y, predicted[expl.test_indices], confidence=0.95, seed=seed
+    )

@@ -182,8 +182,9 @@ def detect_report(run: DetectRun) -> Report:
 
 def explain_report(run: ExplainRun) -> Report:
     """Report of ``gradsift explain`` (a :class:`~gradsift.experiments.explain_run.ExplainRun`):
-    the set-up, then per test point its most helpful and most harmful training samples and
-    the train × test influence heatmap (:func:`gradsift.influence.explain.add_explanations`)."""
+    the set-up, the simulatability of the explanations (a quality number), then per test
+    point its most helpful and most harmful training samples and the train × test influence
+    heatmap (:func:`gradsift.influence.explain.add_explanations`)."""
     from gradsift.influence.explain import add_explanations
 
     data, info = run.data, run.info
@@ -193,8 +194,10 @@ def explain_report(run: ExplainRun) -> Report:
         f"({info['n_flipped']} labels flipped); method {info['method']}",
     )
     report.add_section("Set-up").add_key_values(
-        {k: v for k, v in info.items() if k != "timings"}, caption="Run"
+        {k: v for k, v in info.items() if k not in ("timings", "simulatability")}, caption="Run"
     )
+    if "simulatability" in info:
+        _simulatability_section(report, info["simulatability"])
     add_explanations(
         report,
         run.explanations,
@@ -207,3 +210,36 @@ def explain_report(run: ExplainRun) -> Report:
         test_predicted=run.predicted,
     )
     return report
+
+
+def _simulatability_section(report: Report, sim: Mapping[str, Mapping[str, Any]]) -> None:
+    """Simulator accuracy of the helpful / harmful / random samples, with Wilson intervals."""
+    rows = pd.DataFrame(
+        {
+            "samples shown": list(sim),
+            "simulator accuracy": [float(v["accuracy"]) for v in sim.values()],
+            f"{100 * next(iter(sim.values()))['confidence']:.0f}% interval": [
+                f"[{v['low']:.2f}, {v['high']:.2f}]" for v in sim.values()
+            ],
+            "reproduced / points": [f"{v['correct']} / {v['n']}" for v in sim.values()],
+        }
+    )
+    k = next(iter(sim.values()))["k"]
+    sec = report.add_section(
+        "Quality: do the shown samples explain the predictions?",
+        intro=f"A simulator sees only the {k} samples shown per test point and guesses the "
+        "model's prediction by the majority of their training labels (ties: the first shown). "
+        "Helpful samples that explain the prediction beat the random control; harmful ones "
+        "fall below it. The samples are ranked by influence on the loss at the given test "
+        "label, so on misclassified points they explain the true label, not the prediction.",
+    )
+    if "helpful" in sim and "random" in sim:
+        h, r = sim["helpful"], sim["random"]
+        better = h["low"] > r["high"]
+        sec.add_callout(
+            f"helpful {h['accuracy']:.0%} vs random {r['accuracy']:.0%} over {h['n']} points"
+            + ("" if better else " (intervals overlap: explain more points to tell them apart)"),
+            tone="good" if better else "info",
+            title="Simulatability:",
+        )
+    sec.add_table(rows, caption="Simulator accuracy (label vote of the shown samples)")
