@@ -31,23 +31,32 @@ from __future__ import annotations
 
 import argparse
 import copy
+import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import pearsonr, spearmanr
+from scipy.stats import pearsonr
 from sklearn.datasets import load_breast_cancer
 
 from gradsift.checkpoints import CheckpointRecorder
 from gradsift.errors import GradsiftError
+from gradsift.evaluate import (
+    LDSResult,
+    lds_from_outputs,
+    leave_one_out,
+    run_retrains,
+    subset_masks,
+)
+from gradsift.evaluate.lds import subset_indices
 from gradsift.experiments.datasets import load_digits
 from gradsift.experiments.models import logistic_regression, mlp
 from gradsift.experiments.training import TrainConfig, train_classifier
 from gradsift.influence import ConvergenceWarning, InfluenceScorer, LiSSASolver
-from gradsift.progress import track
 from gradsift.task import BinaryClassificationTask, ClassificationTask, Task
 
 # --------------------------------------------------------------------------- methods
@@ -77,7 +86,7 @@ def run_method(
     model: torch.nn.Module, task: Task, method: str, kw: dict, train: Any, test: Any
 ) -> tuple[np.ndarray, float, str]:
     """Scores [n_train, n_test] (NaN when the method refuses), seconds, a diagnostics note."""
-    kw = dict(kw)
+    kw = {"tracked": "task", **kw}  # the task's tracked parameters, not the scorer's "auto"
     if "solver" in kw:
         kw["solver"] = copy.deepcopy(kw["solver"])
     t0 = time.perf_counter()
@@ -161,12 +170,10 @@ def part_loo(n_train: int, n_points: int, wd: float = 1e-2) -> list[dict]:
     theta = newton(A, ytr, wd, np.zeros(A.shape[1]))
     base = bce(Ate, yte, theta)
     pts = np.argsort(-base)[:n_points]
-    t0 = time.perf_counter()
-    loo = np.empty((n_train, n_points))
-    for i in track(range(n_train), "LOO retraining", total=n_train):
-        keep = np.arange(n_train) != i
-        loo[i] = bce(Ate[pts], yte[pts], newton(A[keep], ytr[keep], wd, theta)) - base[pts]
-    loo_seconds = time.perf_counter() - t0
+
+    def retrain(keep: np.ndarray, seed: int) -> np.ndarray:
+        """Test losses after Newton on the rows ``keep`` (warm start at θ; seed unused)."""
+        return bce(Ate[pts], yte[pts], newton(A[keep], ytr[keep], wd, theta))
 
     model = logistic_regression(X.shape[1], 1).double().eval()
     with torch.no_grad():
@@ -180,22 +187,25 @@ def part_loo(n_train: int, n_points: int, wd: float = 1e-2) -> list[dict]:
         for label, method, kw in methods(rec, wd, damping=0.0)
     ]
     exact = next(S for label, S, _, _ in results if label == "if-exact")
-    rows = []
-    for label, S, sec, note in results:
-        pred = S / n_train
-        pr = [pearsonr(pred[:, t], loo[:, t])[0] for t in range(n_points)]
-        sr = [spearmanr(pred[:, t], loo[:, t])[0] for t in range(n_points)]
-        rows.append(
-            {
-                "method": label,
-                "pearson": float(np.mean(pr)),
-                "pearson_min": float(np.min(pr)),
-                "spearman": float(np.mean(sr)),
-                "vs_exact": vs_exact(S, exact),
-                "seconds": sec,
-                "note": note,
-            }
-        )
+    rows, loo_seconds = [], 0.0
+    # gradsift.evaluate.leave_one_out: the n + 1 retrainings run once (first method) and
+    # are read back from the cache for the others.
+    with tempfile.TemporaryDirectory() as cache:
+        for label, S, sec, note in results:
+            t0 = time.perf_counter()
+            loo = leave_one_out(S, retrain, cache_dir=cache)
+            loo_seconds = max(loo_seconds, time.perf_counter() - t0)
+            rows.append(
+                {
+                    "method": label,
+                    "pearson": loo.pearson,
+                    "pearson_min": float(np.min(loo.per_test_pearson)),
+                    "spearman": loo.spearman,
+                    "vs_exact": vs_exact(S, exact),
+                    "seconds": sec,
+                    "note": note,
+                }
+            )
     print(
         f"\n## Leave-one-out: logistic regression, breast_cancer (n = {n_train}, D = 31, "
         f"{n_points} highest-loss test points; {n_train} Newton retrainings took "
@@ -217,6 +227,66 @@ def part_loo(n_train: int, n_points: int, wd: float = 1e-2) -> list[dict]:
 # --------------------------------------------------------------------------- part 2: LDS
 
 
+@dataclass
+class DigitsLDS:
+    """The LDS ground truth on digits: the full model, its checkpoints, the data, the
+    subset masks ``[M, n]`` and the subset models' ``−loss`` on every test point ``[M, m]``."""
+
+    model: torch.nn.Module
+    checkpoints: CheckpointRecorder
+    train: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+    masks: np.ndarray
+    actual: np.ndarray
+    seconds: float
+
+    def lds(self, S: np.ndarray) -> LDSResult | None:
+        """:func:`gradsift.evaluate.lds_from_outputs` of scores ``[n, m]`` (None with NaNs)."""
+        return None if np.isnan(S).any() else lds_from_outputs(S, self.masks, self.actual)
+
+
+def digits_lds(n_models: int, epochs: int, alpha: float = 0.5, wd: float = 1e-3) -> DigitsLDS:
+    """Train the MLP 64-32-10 on digits and ``n_models`` copies on seeded ``alpha``-subsets
+    (:func:`gradsift.evaluate.subset_masks`, seed 0; each model gets its rows in draw
+    order) with the same recipe and seed (:func:`gradsift.evaluate.run_retrains`); the
+    outputs are ``−loss`` (helpful raises it)."""
+    data = load_digits(seed=0)
+    Xtr, ytr, Xte, yte = data.train.X, data.train.y, data.test.X, data.test.y
+    cfg = TrainConfig(
+        epochs=epochs, lr=0.05, optimizer="sgd", momentum=0.9, weight_decay=wd, seed=0
+    )
+
+    def fresh() -> torch.nn.Module:
+        return mlp(64, 10, hidden=(32,), seed=0)
+
+    def retrain(keep: np.ndarray, seed: int) -> np.ndarray:
+        """``−loss`` per test point of a model trained on rows ``keep`` (seed unused: every
+        subset model starts and shuffles like the full one)."""
+        sub = fresh()
+        train_classifier(sub, Xtr[keep], ytr[keep], cfg, progress=False)
+        with torch.no_grad():
+            out = sub.eval()(torch.from_numpy(Xte))
+            return -F.cross_entropy(out, torch.from_numpy(yte), reduction="none").numpy()
+
+    model = fresh()
+    rec = CheckpointRecorder(every=5)
+    train_classifier(model, Xtr, ytr, cfg, recorder=rec, progress=False)
+    model.eval()
+    masks = subset_masks(len(ytr), n_models, alpha, seed=0)
+    t0 = time.perf_counter()
+    subsets = subset_indices(len(ytr), n_models, alpha, seed=0)
+    actual = run_retrains(retrain, subsets, [0] * n_models, name="lds")
+    return DigitsLDS(
+        model,
+        rec,
+        (torch.from_numpy(Xtr), torch.from_numpy(ytr)),
+        (torch.from_numpy(Xte), torch.from_numpy(yte)),
+        masks,
+        actual,
+        time.perf_counter() - t0,
+    )
+
+
 def part_lds(
     n_models: int,
     epochs: int,
@@ -225,46 +295,16 @@ def part_lds(
     tracked: str = "last_linear",
     damping: float = 1e-3,
 ) -> list[dict]:
-    data = load_digits(seed=0)
-    Xtr, ytr, Xte, yte = data.train.X, data.train.y, data.test.X, data.test.y
-    n = len(ytr)
-    cfg = TrainConfig(
-        epochs=epochs, lr=0.05, optimizer="sgd", momentum=0.9, weight_decay=wd, seed=0
-    )
-
-    def fresh() -> torch.nn.Module:
-        return mlp(64, 10, hidden=(32,), seed=0)
-
-    model = fresh()
-    rec = CheckpointRecorder(every=5)
-    train_classifier(model, Xtr, ytr, cfg, recorder=rec, progress=False)
-    model.eval()
-
-    rng = np.random.default_rng(0)
-    masks = np.zeros((n_models, n), dtype=bool)
-    losses = np.empty((n_models, len(yte)))
-    t0 = time.perf_counter()
-    for m in track(range(n_models), "LDS subset models", total=n_models):
-        idx = rng.choice(n, size=int(alpha * n), replace=False)
-        masks[m, idx] = True
-        sub = fresh()
-        train_classifier(sub, Xtr[idx], ytr[idx], cfg, progress=False)
-        with torch.no_grad():
-            out = sub.eval()(torch.from_numpy(Xte))
-            losses[m] = F.cross_entropy(out, torch.from_numpy(yte), reduction="none").numpy()
-    subset_seconds = time.perf_counter() - t0
+    gt = digits_lds(n_models, epochs, alpha, wd)
+    model, rec, train, test = gt.model, gt.checkpoints, gt.train, gt.test
+    n, subset_seconds = len(train[1]), gt.seconds
 
     def lds(S: np.ndarray) -> float:
-        if np.isnan(S).any():
-            return float("nan")
-        pred = masks.astype(np.float64) @ S  # [M, n_test]
-        rs = [spearmanr(pred[:, t], -losses[:, t])[0] for t in range(S.shape[1])]
-        return float(np.nanmean(rs))
+        res = gt.lds(S)
+        return float("nan") if res is None else res.score
 
     task = ClassificationTask(tracked)  # type: ignore[arg-type]
     dim = sum(p.numel() for p in task.tracked_parameters(model).values())
-    train = (torch.from_numpy(Xtr), torch.from_numpy(ytr))
-    test = (torch.from_numpy(Xte), torch.from_numpy(yte))
     results = [
         (label, *run_method(model, task, method, kw, train, test))
         for label, method, kw in methods(rec, wd, damping=damping)
@@ -280,7 +320,7 @@ def part_lds(
         }
         for label, S, sec, note in results
     ]
-    control = np.random.default_rng(1).standard_normal((n, len(yte)))
+    control = np.random.default_rng(1).standard_normal((n, len(test[1])))
     rows.append(
         {
             "method": "random scores (control)",
@@ -291,7 +331,7 @@ def part_lds(
         }
     )
     print(
-        f"\n## LDS: MLP 64-32-10 on digits (n = {n}, {len(yte)} test points, {n_models} "
+        f"\n## LDS: MLP 64-32-10 on digits (n = {n}, {len(test[1])} test points, {n_models} "
         f"models on α = {alpha} subsets, {epochs} epochs each; training them took "
         f"{subset_seconds:.1f} s; tracked: {tracked}, D = {dim}, damping {damping:g})\n"
     )

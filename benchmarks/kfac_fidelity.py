@@ -9,9 +9,11 @@ The baseline needs kronfluence, which pins a newer torch: install it next to the
 project's torch with ``.venv/bin/pip install --no-deps kronfluence einconv einops
 opt_einsum`` (it is therefore not in the ``bench`` extra). Without it that row is skipped.
 
-The LDS set-up is that of ``benchmarks/influence_fidelity.py`` part 2 (same model,
-training recipe, α = 0.5 subsets, Spearman over subsets per test point, mean over test
-points), with ``--tracked all``. Each method gets the same model, training data and test
+The LDS set-up is that of ``benchmarks/influence_fidelity.py`` part 2
+(:func:`influence_fidelity.digits_lds`: same model, training recipe, α = 0.5 subsets
+from :func:`gradsift.evaluate.subset_masks`, retrained through
+:func:`gradsift.evaluate.run_retrains`, scored by :func:`gradsift.evaluate.lds_from_outputs`:
+Spearman over subsets per test point, mean over test points), with ``--tracked all``. Each method gets the same model, training data and test
 points; wall time is fit + all pairwise scores. gradsift's K-FAC / EK-FAC use their
 defaults (sampled-label Fisher, damping 0.1 × mean eigenvalue) unless a row says
 otherwise; kronfluence's EK-FAC its defaults (sampled labels, heuristic damping
@@ -29,17 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import spearmanr
 from torch.utils.data import TensorDataset
 
-from gradsift.experiments.datasets import load_digits
-from gradsift.experiments.models import mlp
-from gradsift.experiments.training import TrainConfig, train_classifier
 from gradsift.influence import EKFACSolver, KFACSolver
 from gradsift.task import ClassificationTask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from influence_fidelity import run_method, vs_exact  # noqa: E402
+from influence_fidelity import digits_lds, run_method, vs_exact  # noqa: E402
 
 
 def kronfluence_ekfac(model, train, test) -> tuple[np.ndarray, float, str]:
@@ -98,40 +96,20 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     n_models, epochs = (8, 5) if args.quick else (args.models, args.epochs)
     wd, alpha = 1e-3, 0.5
-    data = load_digits(seed=0)
-    Xtr, ytr, Xte, yte = data.train.X, data.train.y, data.test.X, data.test.y
-    n = len(ytr)
-    cfg = TrainConfig(
-        epochs=epochs, lr=0.05, optimizer="sgd", momentum=0.9, weight_decay=wd, seed=0
-    )
-    model = mlp(64, 10, hidden=(32,), seed=0)
-    train_classifier(model, Xtr, ytr, cfg, progress=False)
-    model.eval()
-    rng = np.random.default_rng(0)
-    masks = np.zeros((n_models, n), dtype=bool)
-    losses = np.empty((n_models, len(yte)))
-    t0 = time.perf_counter()
-    for m in range(n_models):
-        idx = rng.choice(n, size=int(alpha * n), replace=False)
-        masks[m, idx] = True
-        sub = mlp(64, 10, hidden=(32,), seed=0)
-        train_classifier(sub, Xtr[idx], ytr[idx], cfg, progress=False)
-        with torch.no_grad():
-            out = sub.eval()(torch.from_numpy(Xte))
-            losses[m] = F.cross_entropy(out, torch.from_numpy(yte), reduction="none").numpy()
-    subset_seconds = time.perf_counter() - t0
+    # Model, α-subsets and subset models' −loss via gradsift.evaluate (shared with
+    # influence_fidelity.py part 2).
+    gt = digits_lds(n_models, epochs, alpha, wd)
+    model, train, test = gt.model, gt.train, gt.test
+    n, subset_seconds = len(train[1]), gt.seconds
 
-    def lds(S: np.ndarray) -> float:
-        if np.isnan(S).any():
-            return float("nan")
-        pred = masks.astype(np.float64) @ S
-        rs = [spearmanr(pred[:, t], -losses[:, t])[0] for t in range(S.shape[1])]
-        return float(np.nanmean(rs)), float(np.nanstd(rs))
+    def lds(S: np.ndarray) -> tuple[float, float]:
+        res = gt.lds(S)
+        if res is None:
+            return float("nan"), float("nan")
+        return res.score, float(np.nanstd(res.per_test))
 
     task = ClassificationTask("all")
     dim = sum(p.numel() for p in task.tracked_parameters(model).values())
-    train = (torch.from_numpy(Xtr), torch.from_numpy(ytr))
-    test = (torch.from_numpy(Xte), torch.from_numpy(yte))
     d, kw = args.damping, {"weight_decay": wd}
     rows = [
         ("if-exact", "if-exact", {"damping": d, **kw}),
@@ -147,14 +125,14 @@ def main(argv: list[str] | None = None) -> None:
     results.append(("ekfac (kronfluence 1.0.1)", *kronfluence_ekfac(model, train, test)))
     exact = results[0][1]
     print(
-        f"\n## LDS: MLP 64-32-10 on digits (n = {n}, {len(yte)} test points, {n_models} models "
+        f"\n## LDS: MLP 64-32-10 on digits (n = {n}, {len(test[1])} test points, {n_models} models "
         f"on α = {alpha} subsets, {epochs} epochs; subsets trained in {subset_seconds:.0f} s; "
         f"tracked: all, D = {dim}; torch threads {args.threads})\n"
     )
     print("| method | LDS mean ± std | Pearson vs if-exact | wall s | notes |")
     print("|---|---:|---:|---:|---|")
     for label, S, sec, note in results:
-        mean, std = lds(S) if not np.isnan(S).any() else (float("nan"), float("nan"))
+        mean, std = lds(S)
         print(
             f"| {label} | {mean:.3f} ± {std:.3f} | {vs_exact(S, exact):.3f} | {sec:.2f} | {note} |"
         )

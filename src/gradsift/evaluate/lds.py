@@ -19,18 +19,33 @@ from scipy.stats import rankdata
 from gradsift.errors import GradsiftError
 from gradsift.evaluate.retrain import TrainFn, run_retrains
 
-__all__ = ["LDSResult", "linear_datamodeling_score", "lds_from_outputs", "subset_masks"]
+__all__ = [
+    "LDSResult",
+    "linear_datamodeling_score",
+    "lds_from_outputs",
+    "subset_indices",
+    "subset_masks",
+]
 
 
-def subset_masks(n_train: int, n_models: int, alpha: float = 0.5, seed: int = 0) -> np.ndarray:
-    """``bool [M, n]``: row ``j`` keeps ``round(α·n)`` seeded random training rows."""
+def subset_indices(
+    n_train: int, n_models: int, alpha: float = 0.5, seed: int = 0
+) -> list[np.ndarray]:
+    """The ``n_models`` seeded random subsets of :func:`subset_masks` as int64 row arrays
+    ``[⌊α·n⌋]`` (at least 1 row) **in draw order** (``numpy.random.default_rng(seed)``, one
+    ``choice`` without replacement per subset)."""
     if not 0 < alpha < 1:
         raise GradsiftError(f"alpha must lie in (0, 1), got {alpha}")
     rng = np.random.default_rng(seed)
-    size = max(1, round(alpha * n_train))
+    size = max(1, int(alpha * n_train))
+    return [rng.choice(n_train, size, replace=False).astype(np.int64) for _ in range(n_models)]
+
+
+def subset_masks(n_train: int, n_models: int, alpha: float = 0.5, seed: int = 0) -> np.ndarray:
+    """``bool [M, n]``: row ``j`` keeps the rows of subset ``j`` of :func:`subset_indices`."""
     masks = np.zeros((n_models, n_train), dtype=bool)
-    for j in range(n_models):
-        masks[j, rng.choice(n_train, size, replace=False)] = True
+    for j, rows in enumerate(subset_indices(n_train, n_models, alpha, seed)):
+        masks[j, rows] = True
     return masks
 
 

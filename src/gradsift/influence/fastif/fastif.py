@@ -304,12 +304,18 @@ class FastIF:
         rows are computed once, in tasks of ``config.unit_rows`` rows (run by the worker
         processes when ``workers > 1``; the split does not depend on ``workers``), and
         each test point is dotted with its own candidates only (cost ``m·k·D``, not
-        ``m·|union of candidates|·D``).
+        ``m·|union of candidates|·D``). Training gradients held as an in-memory CPU tensor
+        are gathered directly, without the union copy.
         """
         if len(S) != len(candidates):
             raise GradsiftError(f"{len(S)} inverse-HVPs but {len(candidates)} candidate rows")
         out = np.full(candidates.shape, np.nan)
         S = S.detach().cpu()
+        stored = self.train_gradients
+        if isinstance(stored, torch.Tensor) and stored.device.type == "cpu":
+            # In memory: gather each test point's rows straight from the matrix (no copy
+            # of the candidates' union first).
+            return gathered_scores(S, stored, candidates, candidates >= 0)
         for s in range(0, len(S), self.config.chunk):
             cand = candidates[s : s + self.config.chunk]
             valid = cand >= 0
