@@ -175,7 +175,7 @@ def test_inverse_matches_dense_solve(eigenvalues):
 
 def test_relative_damping_and_layer_damping():
     model, task, data = small_mlp()
-    solver = EKFACSolver(fisher="exact").fit(model, task, data)
+    solver = EKFACSolver(fisher="exact", check_residuals=True).fit(model, task, data)
     C = solver.operator.dense()
     assert solver.damping == pytest.approx(0.1 * float(torch.trace(C)) / C.shape[0])
     V = torch.randn(3, C.shape[0], dtype=torch.float64)
@@ -184,10 +184,14 @@ def test_relative_damping_and_layer_damping():
     torch.testing.assert_close(
         X, torch.linalg.solve(C + solver.damping * torch.eye(len(C), dtype=C.dtype), V.T).T
     )
-    per_layer = EKFACSolver(fisher="exact", damping_scope="layer").fit(model, task, data)
+    per_layer = EKFACSolver(fisher="exact", damping_scope="layer", check_residuals=True)
+    per_layer.fit(model, task, data)
     per_layer.solve(V)
     assert set(per_layer.diagnostics.block_damping) == {"0", "2"}
     assert per_layer.diagnostics.residual_max < 1e-10
+    unchecked = EKFACSolver(fisher="exact").fit(model, task, data)
+    torch.testing.assert_close(unchecked.solve(V), X)
+    assert unchecked.diagnostics.residual_max is None
 
 
 @pytest.mark.parametrize("name", ["kfac", "ekfac"])
