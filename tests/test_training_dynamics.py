@@ -81,7 +81,10 @@ def test_aum_equals_a_direct_loop_over_checkpoints(moons):
     first5 = get_detector("aum", window=5).fit_score(rows, context=ctx)
     np.testing.assert_allclose(first5, -margins[:5].mean(axis=0), rtol=1e-6, atol=1e-6)
     # early-stop window: epochs 1..the epoch choose_epoch picks from the recorded metrics
-    stop = choose_epoch(val_accuracy=[c.metrics["val_accuracy"] for c in recorder.checkpoints])
+    stop = choose_epoch(
+        val_accuracy=[c.metrics["val_accuracy"] for c in recorder.checkpoints],
+        val_loss=[c.metrics["val_loss"] for c in recorder.checkpoints],
+    )
     det = get_detector("aum")
     early = det.fit_score(rows, context=ctx)
     np.testing.assert_allclose(early, -margins[: stop.epoch].mean(axis=0), rtol=1e-6, atol=1e-6)
@@ -147,7 +150,10 @@ def test_through_oga_beside_l2(moons):
     settings = json.loads(json.dumps(out.results["forgetting"].settings))
     assert settings["name"] == "forgetting" and settings["never_learned"] == "max"
     margins = hand_margins(model, recorder, data.train.X, data.train.y)
-    stop = choose_epoch(val_accuracy=[c.metrics["val_accuracy"] for c in recorder.checkpoints])
+    stop = choose_epoch(
+        val_accuracy=[c.metrics["val_accuracy"] for c in recorder.checkpoints],
+        val_loss=[c.metrics["val_loss"] for c in recorder.checkpoints],
+    )
     np.testing.assert_allclose(
         out.results["aum"].scores, -margins[: stop.epoch].mean(axis=0), rtol=1e-6, atol=1e-6
     )
