@@ -138,3 +138,22 @@ def test_bad_config() -> None:
         TrainConfig(optimizer="rmsprop")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         TrainConfig(lr=-1.0)
+
+
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_validation_only_observes(moons, loss) -> None:
+    """Evaluating on a validation split after each epoch must not change training: the
+    weights equal those of the same run without ``val``; the recorded validation loss is
+    the mean cross-entropy of the final model, recomputed here."""
+    X, y = moons.train.X, moons.train.y
+    val = (moons.val.X, moons.val.y)
+    config = TrainConfig(epochs=4, batch_size=32, seed=0)
+    n_out = 1 if loss == "bce" else 2
+    plain, watched = (mlp(2, n_out, hidden=(16,), seed=0) for _ in range(2))
+    train_classifier(plain, X, y, config, loss=loss, progress=False)
+    history = train_classifier(watched, X, y, config, val=val, loss=loss, progress=False)
+    assert _states_equal(plain, watched)
+    p = predict_proba(watched, *val[:1]).astype(np.float64)
+    expected = -np.log(p[np.arange(len(val[1])), val[1]]).mean()
+    assert len(history.val_loss) == 4
+    assert history.val_loss[-1] == pytest.approx(expected, rel=1e-5)

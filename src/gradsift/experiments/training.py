@@ -287,10 +287,10 @@ def train_classifier(
             history.train_loss.append(total / n)
             metrics = {"train_loss": history.train_loss[-1]}
             if val is not None:
-                acc, loss = accuracy_and_loss(model, Xv, yv)  # restores train mode
+                acc, val_loss = accuracy_and_loss(model, Xv, yv)  # restores train mode
                 history.val_accuracy.append(acc)
-                history.val_loss.append(loss)
-                metrics["val_accuracy"], metrics["val_loss"] = acc, loss
+                history.val_loss.append(val_loss)
+                metrics["val_accuracy"], metrics["val_loss"] = acc, val_loss
             history.epochs = epoch
             if recorder is not None:
                 recorder.on_epoch_end(model, optimizer, epoch, step, metrics)
