@@ -324,3 +324,24 @@ def main(path: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+
+
+def test_oga_on_factored_gradients_and_a_clear_refusal_for_in_memory_influence(tmp_path):
+    """OGA accepts the factored projection: its l2 scores are the squared norms of the rows that
+    FactoredProjector computes one at a time; the influence scorer refuses a factored train
+    store against in-memory test points with a sentence, not a ValueError trace."""
+    from gradsift.detect.oga import OGAConfig, OutlierGradientAnalysis
+    from gradsift.influence.scores import InfluenceScorer
+
+    model, (x, y), task = make_setup(dtype=torch.float64)
+    proj = kron(4, 3, seed=2)
+    config = OGAConfig(detectors=["l2"], extract=ExtractConfig(projection=proj, dtype="float64"))
+    out = OutlierGradientAnalysis(model, task, config).run((x, y))
+    fp = FactoredProjector(model, task, proj)
+    norms = [float(fp.compute((x[i : i + 1], y[i : i + 1]))[0].norm() ** 2) for i in range(len(y))]
+    np.testing.assert_allclose(out.results["l2"].scores, norms, rtol=1e-8)
+
+    store = extract(model, task, (x, y), tmp_path / "s", ExtractConfig(projection=proj))
+    scorer = InfluenceScorer(model, task, "dot")
+    with pytest.raises(GradsiftError, match="kronecker"):
+        scorer.scores(store, (x[:3], y[:3]))

@@ -38,6 +38,7 @@ from gradsift.detect.ensemble import ensemble_scores
 from gradsift.detect.result import Budget, DetectionResult
 from gradsift.errors import GradsiftError
 from gradsift.grads.extract import ExtractConfig, compute_gradients
+from gradsift.grads.kronecker import FactoredProjector
 from gradsift.grads.layout import Block, layout_of
 from gradsift.grads.projection import Projector
 from gradsift.task import Task
@@ -237,6 +238,8 @@ def _column_layout(model: nn.Module, task: Task, extract: ExtractConfig) -> list
     layout = layout_of(task.tracked_parameters(model))
     if extract.projection is None:
         return layout
+    if extract.projection.kind == "kronecker":
+        return list(FactoredProjector(model, task, extract.projection).out_blocks)
     return list(Projector(layout, extract.projection).out_blocks)
 
 

@@ -418,6 +418,14 @@ class InfluenceScorer:
             )
         if st.projection is None:
             return None
+        if st.projection.get("kind") == "kronecker":
+            raise GradsiftError(
+                f"the store at {store.path} holds factored (kronecker) projections, which "
+                "project layer inputs and output gradients, not the flat inverse-HVP of a "
+                "test point: score it against a test store extracted with the same "
+                "projection (gradsift score --test), or extract the train store unprojected "
+                "or with a dense projection kind"
+            )
         return Projector(side.train.layout, ProjectionConfig(**st.projection))
 
     def _project(self, Q: torch.Tensor, projectors: list[Projector | None]) -> torch.Tensor:

@@ -389,4 +389,10 @@ def _store_projection(store: GradientStore, config: FastIFConfig, n: int) -> Pro
         raise GradsiftError("projected_store holds test-side (measurement) gradients")
     if store.n_rows != n:
         raise GradsiftError(f"projected_store holds {store.n_rows} rows, training data {n}")
+    if st.projection.get("kind") == "kronecker":
+        raise GradsiftError(
+            "projected_store holds factored (kronecker) projections; FastIF queries the index "
+            "with a projected preconditioned test gradient, which needs a dense projection "
+            "kind (gaussian, rademacher, sparse) or basis='pca'"
+        )
     return ProjectionConfig(**st.projection)
