@@ -44,6 +44,7 @@ def test_parse_tracked() -> None:
     assert parse_tracked("all") == "all"
     assert parse_tracked(" last_linear ") == "last_linear"
     assert parse_tracked("lora") == "lora"
+    assert parse_tracked("linear") == "linear"  # every nn.Linear of a Hugging Face task
     assert parse_tracked("fc1") == ["fc1"]
     assert parse_tracked("0, 2,") == ["0", "2"]
     with pytest.raises(ValueError, match="alone"):

@@ -26,9 +26,9 @@ from gradsift.errors import GradientError
 TrackSpec = Literal["last_linear", "all", "lora"] | Sequence[str]
 HeadLoss = Literal["softmax_ce", "bce"]
 
-#: Tracking keywords the built-in tasks understand (``head`` and ``auto``: the Hugging Face
-#: tasks of :mod:`gradsift.hf.tasks`); any other word names a module or parameter.
-TRACK_KEYWORDS: frozenset[str] = frozenset({"last_linear", "all", "lora", "head", "auto"})
+#: Tracking keywords the built-in tasks understand (``head``, ``linear`` and ``auto``: the
+#: Hugging Face tasks of :mod:`gradsift.hf.tasks`); any other word names a module or parameter.
+TRACK_KEYWORDS: frozenset[str] = frozenset({"last_linear", "all", "lora", "head", "linear", "auto"})
 
 
 def parse_tracked(text: str) -> TrackSpec:
@@ -81,7 +81,8 @@ def select_tracked(model: nn.Module, spec: TrackSpec = "last_linear") -> dict[st
             wanted = {n for n, p in named.items() if "lora_" in n and p.requires_grad}
         else:
             raise ValueError(
-                f"unknown tracking spec {spec!r}: use 'last_linear', 'all', 'lora' or a list of names"
+                f"unknown tracking spec {spec!r}: use 'last_linear', 'all', 'lora' or a list of names "
+                "('head', 'linear' and 'auto' are for the Hugging Face tasks of gradsift.hf.tasks)"
             )
     else:
         wanted = set()
