@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from markdown_out import emit  # benchmarks/ is on sys.path when run as a script
 from sklearn.model_selection import StratifiedKFold
 
 from gradsift.checkpoints import CheckpointRecorder
@@ -270,11 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
         print("\n".join(out[-4:]), flush=True)
     out.append(f"Total wall time: {time.perf_counter() - t_all:.0f} s.")
-    text = "\n".join(out) + "\n"
-    print(text)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text)
+    emit(out, a.out)
 
 
 if __name__ == "__main__":

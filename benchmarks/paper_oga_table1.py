@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from markdown_out import emit  # benchmarks/ is on sys.path when run as a script
 from sklearn.model_selection import StratifiedKFold
 from torch import nn
 from torch.func import functional_call, vmap
@@ -469,11 +470,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Wall time {time.perf_counter() - t0:.0f} s ({int(infos['n_networks'].sum())} networks "
         f"trained, {a.jobs} processes)."
     )
-    text = "\n".join(out) + "\n"
-    print(text)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text)
+    emit(out, a.out)
 
 
 if __name__ == "__main__":

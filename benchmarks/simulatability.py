@@ -27,10 +27,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from markdown_out import emit  # benchmarks/ is on sys.path when run as a script
 
 from gradsift.evaluate.simulatability import (
     compare_selections,
@@ -138,11 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         lines, info = run(name, a)
         out += lines + [f"({info['seconds']:.0f} s)", ""]
         print("\n".join(out[-len(lines) - 2 :]), flush=True)
-    text = "\n".join(out) + "\n"
-    print(text)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text)
+    emit(out, a.out)
 
 
 if __name__ == "__main__":
