@@ -13,7 +13,15 @@ All ratios are measured side by side in one run, on the same rows and batch size
    over its RSS before the call; the script re-executes itself with
    ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed blocks of 64 KiB or more go back to the
    system at once and the peak RSS follows the live tensors (training and extraction
-   run under the same setting).
+   run under the same setting). That setting makes every allocation of 64 KiB or more a
+   fresh ``mmap`` whose pages fault on first touch, which slows both sides (most the side
+   that allocates most); ``--no-mmap-threshold`` times under the default allocator (the
+   memory column is then less faithful). Each timed extraction builds a new projector, so
+   its one-time checks (row independence, and the first chunk's sum check, the one chunk
+   whose backward also forms weight gradients) are part of the time. ``--baseline FILE``
+   times, in the same rounds, the ``FactoredProjector`` of another copy of
+   ``grads/kronecker.py`` (e.g. an older commit's, its imports pointed at a copy of that
+   commit's ``grads/capture.py``) as "factored (baseline)".
 2. **SmolLM2-135M, all linear layers** (7 per block × 30 blocks; ``lm_head`` is tied to the
    embeddings and left out): tokens/s of the factored extraction ÷ tokens/s of an AdamW
    fine-tuning step of the same parameters on the same batches.
@@ -106,6 +114,22 @@ def kron(k: int, seed: int = 0) -> ProjectionConfig:
 
 
 # ----------------------------------------------------------------------------- 1. MNIST
+def projector_classes(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """``[("factored", FactoredProjector)]``, plus ``("factored (baseline)", cls)`` loaded
+    from ``--baseline`` (its directory goes on ``sys.path`` for its own imports)."""
+    out: list[tuple[str, Any]] = [("factored", FactoredProjector)]
+    if args.baseline is not None:
+        import importlib.util
+
+        sys.path.insert(0, str(args.baseline.parent))
+        spec = importlib.util.spec_from_file_location("baseline_kronecker", args.baseline)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        out.append(("factored (baseline)", module.FactoredProjector))
+    return out
+
+
 def mnist_models() -> list[tuple[str, torch.nn.Module]]:
     return [
         ("MNIST MLP 784-512-256-10", mlp(784, 10, hidden=(512, 256), seed=0)),
@@ -134,11 +158,15 @@ def model_cost(
         ),
     }
     dims: dict[str, tuple[str, int | None, int]] = {}  # key -> (path, k, row dim)
-    for k in args.ks:
-        fp = FactoredProjector(model.eval(), task, kron(k), chunk_size=args.batch)
-        run_all(fp, full[:1])  # warm-up, and the one-time row-independence check
-        fns[f"factored {k}"] = lambda fp=fp: run_all(fp, full)
-        dims[f"factored {k}"] = ("factored", k, fp.dim)
+    for label, cls in projector_classes(args):
+        for k in args.ks:
+            fp = cls(model.eval(), task, kron(k), chunk_size=args.batch)
+            run_all(fp, full[:1])  # warm-up
+            key = f"{label} {k}"  # a new projector per run: its one-time checks are timed
+            fns[key] = lambda cls=cls, k=k: run_all(
+                cls(model, task, kron(k), chunk_size=args.batch), full
+            )
+            dims[key] = (label, k, fp.dim)
     vmap = GradientComputer(model, task, "vmap", chunk_size=args.batch)
     fns["vmap, no projection"] = lambda: run_all(vmap, sub)
     dims["vmap, no projection"] = ("vmap, no projection", None, vmap.dim)
@@ -183,8 +211,10 @@ def model_cost(
 
 
 def cost_table(rows: list[dict], batch: int) -> str:
+    malloc = os.environ.get("MALLOC_MMAP_THRESHOLD_")
     lines = [
-        f"Batch size {batch}; torch {torch.__version__}, {torch.get_num_threads()} threads. "
+        f"Batch size {batch}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"allocator: {f'MALLOC_MMAP_THRESHOLD_={malloc}' if malloc else 'glibc default'}. "
         "Ratio = extraction seconds ÷ plain training-epoch seconds over the same rows.",
         "",
         "| model | tracked params | path | k_out×k_in per layer | row dim | rows | "
@@ -240,10 +270,13 @@ def smollm2_cost(args: argparse.Namespace) -> str:
 
     paths: dict[str, Callable[[], Any]] = {"fine-tuning step (AdamW)": finetune}
     finetune()  # warm-up; allocates the optimizer state
-    for k in args.ks:
-        fp = FactoredProjector(model, task, kron(k), chunk_size=args.smol_batch)
-        run_all(fp, parts[:1])  # warm-up, and the one-time row-independence check
-        paths[f"factored {k}² per layer (row dim {fp.dim:,})"] = lambda fp=fp: run_all(fp, parts)
+    for label, cls in projector_classes(args):
+        for k in args.ks:
+            fp = cls(model, task, kron(k), chunk_size=args.smol_batch)
+            run_all(fp, parts[:1])  # warm-up
+            paths[f"{label} {k}² per layer (row dim {fp.dim:,})"] = lambda cls=cls, k=k: run_all(
+                cls(model, task, kron(k), chunk_size=args.smol_batch), parts
+            )  # a new projector per run: its one-time checks are timed
     results = interleaved(paths, args.smol_rounds)
     base = results["fine-tuning step (AdamW)"][0]
     n_params = sum(p.numel() for p in params.values())
@@ -382,7 +415,8 @@ def lds_quality(args: argparse.Namespace) -> str:
 
 
 def main() -> None:
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # see the module docstring
+    mmap = "--no-mmap-threshold" not in sys.argv
+    if mmap and "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # see the module docstring
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(64 * 1024))
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -404,6 +438,8 @@ def main() -> None:
         "--skip", nargs="*", default=[], choices=["mnist", "smollm2", "quality", "lds"]
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--baseline", type=Path, default=None, help="another kronecker.py")
+    parser.add_argument("--no-mmap-threshold", action="store_true", help="default allocator")
     parser.add_argument("--out", type=Path, default=None, help="also write the tables here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -118,6 +118,18 @@ def test_weight_only_and_bias_only_tracking():
     assert rel_err(Z, G @ fp.dense_matrix()) < RTOL
 
 
+def test_conv_weight_only_and_bias_only_tracking():
+    model = cnn().double().eval()
+    task = ClassificationTask(["0.weight", "2.bias", "6.weight"])
+    x, y = data("cnn")
+    G, _ = GradientComputer(model, task, method="loop").compute((x, y))
+    for dims in [(4, 3), (64, None)]:
+        fp = FactoredProjector(model, task, kron(*dims))
+        assert fp.out_blocks[1].shape == (min(5, dims[1] or dims[0]), 1)  # bias only
+        Z, _ = fp.compute((x, y))
+        assert rel_err(Z, projected_truth(G, fp)) < RTOL
+
+
 # ------------------------------------------------------------------ tiny transformers
 needs_hf = pytest.mark.skipif(
     importlib.util.find_spec("transformers") is None or importlib.util.find_spec("peft") is None,
@@ -325,8 +337,80 @@ def test_every_contraction_order_gives_the_same_rows(monkeypatch, order):
     task = ClassificationTask("all")
     x, y = data("cnn")
     G, _ = GradientComputer(model, task, method="loop").compute((x, y))
-    monkeypatch.setattr(kronecker._LayerProjection, "order", lambda self, T: order)
+    monkeypatch.setattr(kronecker.LayerProjection, "order", lambda self, T: order)
     for dims in [(3, 2), (4, 6), (64, None)]:
         fp = FactoredProjector(model, task, kron(*dims))
         Z, _ = fp.compute((x, y))
         assert rel_err(Z, projected_truth(G, fp)) < RTOL
+
+
+# ------------------------------------------------------------------ capture by gradient edges
+class SharedAndInplace(nn.Module):
+    """One Linear applied twice, each output followed by an in-place ReLU, and a
+    convolution followed by an in-place ReLU: δ must be the gradient w.r.t. the output
+    *before* the in-place op, summed over both calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.act = nn.ReLU(inplace=True)
+        self.shared = nn.Linear(12, 12)
+        self.head = nn.Linear(12, 4)
+
+    def forward(self, x):
+        h = F.adaptive_avg_pool2d(self.act(self.conv(x)), 2).flatten(1)
+        h = torch.relu_(self.shared(h))
+        return self.head(torch.relu_(self.shared(torch.tanh(h))))
+
+
+@pytest.mark.parametrize("dims", [(3, 2), (64, None)])
+def test_shared_layer_and_inplace_ops_after_tracked_outputs(dims):
+    torch.manual_seed(0)
+    model = SharedAndInplace().double().eval()
+    task = ClassificationTask("all")
+    x, y = data("cnn")
+    x = x[:, :, :4, :4].contiguous()
+    G, _ = GradientComputer(model, task, method="loop").compute((x, y))
+    fp = FactoredProjector(model, task, kron(*dims), chunk_size=3)
+    Z, _ = fp.compute((x, y))
+    assert rel_err(Z, projected_truth(G, fp)) < RTOL
+
+
+def test_weight_gradients_are_formed_for_the_first_chunk_only():
+    """The sum check compares the first chunk with the parameters' batch gradient; the
+    other chunks' backward stops at the layer outputs (no weight-gradient products)."""
+    model = cnn().double().eval()
+    task = ClassificationTask("all")
+    x, y = data("cnn", n=9)
+    formed = []
+    handles = [p.register_hook(lambda g, name=name: formed.append(name))
+               for name, p in model.named_parameters()]  # fmt: skip
+    fp = FactoredProjector(model, task, kron(4), chunk_size=3)
+    fp.compute((x, y))  # chunks of 3, 3, 3, then the one-row independence check
+    fp.compute((x, y))
+    for h in handles:
+        h.remove()
+    assert sorted(formed) == sorted(name for name, _ in model.named_parameters())
+    unchecked = FactoredProjector(model, task, kron(4), chunk_size=3, rtol=None)
+    formed.clear()
+    unchecked.compute((x, y))
+    assert formed == []
+
+
+def test_sum_check_catches_a_wrong_projection(monkeypatch):
+    """A contraction that is off for one sample is refused by the first-chunk check."""
+    import gradsift.grads.kronecker as kronecker
+
+    combine = kronecker.LayerProjection.combine
+
+    def off_by_a_bit(self, a_s, d_s, out, accumulate):
+        combine(self, a_s, d_s, out, accumulate)
+        out[0, 0, 0] += 1e-2 * out.norm()
+
+    model = mlp().double().eval()
+    x, y = data("mlp")
+    monkeypatch.setattr(kronecker.LayerProjection, "combine", off_by_a_bit)
+    with pytest.raises(GradientError, match="do not add up"):
+        FactoredProjector(model, ClassificationTask("all"), kron(3)).compute((x, y))
+    Z, _ = FactoredProjector(model, ClassificationTask("all"), kron(3), rtol=None).compute((x, y))
+    assert Z.shape == (len(x), 3 * 3 * 3)  # unchecked, the wrong rows go through

@@ -17,6 +17,14 @@ A tracked layer applied at positions ``t`` of sample *i* is seen in *sequence fo
 
 One backward pass of ``Σ_i ℓ_i`` gives every ``δ``: row *i* of it is ``∂ℓ_i/∂y_i`` as long
 as the rows of a batch do not interact (eval mode, no batch statistics).
+
+``δ`` is captured in one of two ways (:class:`LayerCapture`): a tensor hook on each output
+(the backward also forms the parameters' batch gradients, which the hooks path checks
+against), or, with ``edges=True``, as the gradient w.r.t. each output's autograd edge
+(``torch.autograd.graph.get_gradient_edge``, recorded in the forward hook, so an in-place
+op applied to the output later does not change it): the backward then stops at the
+tracked layers' outputs and skips every weight-gradient product unless parameter
+gradients are asked for too.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from gradsift.errors import GradientError, GradsiftError
 from gradsift.grads.layout import batch_size_of, slice_batch
@@ -86,13 +95,16 @@ def tracked_layers(
         if getattr(module, kind) is not p:
             raise GradientError(f"{name!r} is not the {kind} of module {module_name!r}")
         if isinstance(module, nn.Conv2d):
-            _conv_padding(module)  # refuse what unfold cannot reproduce, before any work
+            conv_padding(module)  # refuse what the capture cannot reproduce, early
         entry = found.setdefault(module_name, {"module": module, "weight": None, "bias": None})
         entry[kind] = name
     return [Layer(m, e["module"], e["weight"], e["bias"]) for m, e in found.items()]
 
 
-def _conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
+def conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
+    """The explicit zero padding ``(ph, pw)`` of ``conv``; ``GradientError`` for what the
+    capture cannot reproduce (``groups != 1``, non-zero padding modes, asymmetric
+    ``'same'``)."""
     if conv.groups != 1 or conv.padding_mode != "zeros":
         raise GradientError(
             f"Conv2d with groups={conv.groups}, padding_mode={conv.padding_mode!r} is not "
@@ -112,7 +124,7 @@ def sequence_input(module: nn.Module, x: torch.Tensor, n: int) -> torch.Tensor:
     """The layer input ``x`` in sequence form ``a [n, T, d_in]`` (see module docs)."""
     if isinstance(module, nn.Conv2d):
         patches = F.unfold(
-            x, module.kernel_size, module.dilation, _conv_padding(module), module.stride
+            x, module.kernel_size, module.dilation, conv_padding(module), module.stride
         )
         return patches.transpose(1, 2)
     return x.reshape(n, -1, x.shape[-1])
@@ -126,12 +138,18 @@ def sequence_grad(module: nn.Module, g: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class LayerCapture:
-    """Forward hooks on the tracked layers record ``a``; tensor hooks on their outputs
-    record ``δ`` during the backward pass. Use as a context manager (hooks removed on exit).
+    """Forward hooks on the tracked layers record ``a``, and ``δ`` is recorded during the
+    backward pass. Use as a context manager (hooks removed on exit).
 
-    ``calls[module_name]`` lists one ``[a, δ]`` pair per call of the module (``δ`` stays
-    ``None`` when that call did not influence the loss), each in sequence form after
-    ``on_input`` / ``on_grad``.
+    ``calls[module_name]`` lists one ``[a, δ]`` pair per call of the module whose output
+    requires grad (``δ`` stays ``None`` when that call did not influence the loss), after
+    ``on_input`` / ``on_grad``. They receive the tensors in sequence form (see the module
+    docs), or, with ``raw=True``, as the module saw them: its input ``x`` (first
+    argument, detached) and the gradient w.r.t. its output, shaped like the output.
+
+    With ``edges=False`` a tensor hook on each output records ``δ`` during any backward
+    pass that reaches it; with ``edges=True`` the output's gradient edge is kept and
+    :meth:`backward` computes every ``δ`` (no weight-gradient products unless asked for).
     """
 
     def __init__(
@@ -141,13 +159,17 @@ class LayerCapture:
         n: int,
         on_input: Transform | None = None,
         on_grad: Transform | None = None,
+        *,
+        raw: bool = False,
+        edges: bool = False,
     ) -> None:
-        self.n = n
+        self.n, self.raw, self.edges = n, raw, edges
         self.on_input = on_input or (lambda _name, a: a)
         self.on_grad = on_grad or (lambda _name, d: d)
         self.calls: dict[str, list[list[torch.Tensor | None]]] = {
             layer.module_name: [] for layer in layers
         }
+        self._edges: list[tuple[str, nn.Module, list[torch.Tensor | None], GradientEdge]] = []
         self.handles = [
             layer.module.register_forward_hook(self._hook(layer.module_name)) for layer in layers
         ]
@@ -155,6 +177,26 @@ class LayerCapture:
     def pairs(self, module_name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``(a, δ)`` of every call of the module that influenced the loss."""
         return [(a, d) for a, d in self.calls[module_name] if d is not None]  # type: ignore[misc]
+
+    def backward(
+        self, total: torch.Tensor, tensors: list[torch.Tensor]
+    ) -> tuple[torch.Tensor | None, ...]:
+        """``edges=True`` only: one backward of ``total`` to the recorded outputs (filling
+        each call's ``δ``) and to ``tensors``; returns the gradients of ``tensors``
+        (``None`` where unused). The weight-gradient products are skipped unless the
+        weights are among ``tensors``."""
+        if not self.edges:
+            raise GradsiftError("LayerCapture.backward needs edges=True")
+        inputs = [edge for *_, edge in self._edges] + list(tensors)
+        grads = torch.autograd.grad(total, inputs, allow_unused=True) if inputs else ()
+        for (name, module, call, _), g in zip(self._edges, grads, strict=False):
+            if g is not None:
+                call[1] = self.on_grad(name, self._grad_form(module, g.detach()))
+        self._edges.clear()
+        return tuple(grads[len(grads) - len(tensors) :]) if tensors else ()
+
+    def _grad_form(self, module: nn.Module, g: torch.Tensor) -> torch.Tensor:
+        return g if self.raw else sequence_grad(module, g, self.n)
 
     def _hook(self, module_name: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
@@ -166,17 +208,19 @@ class LayerCapture:
                     f"dimension is not the batch size {self.n}; this path needs batched "
                     "inputs: use GradientComputer (vmap or loop)"
                 )
-            call: list[torch.Tensor | None] = [
-                self.on_input(module_name, sequence_input(module, x.detach(), self.n)),
-                None,
-            ]
+            if not out.requires_grad:  # no gradient will reach it (e.g. under no_grad)
+                return
+            a = x.detach() if self.raw else sequence_input(module, x.detach(), self.n)
+            call: list[torch.Tensor | None] = [self.on_input(module_name, a), None]
             self.calls[module_name].append(call)
-            if out.requires_grad:
+            if self.edges:
+                self._edges.append((module_name, module, call, get_gradient_edge(out)))
+                return
 
-                def store(g: torch.Tensor) -> None:
-                    call[1] = self.on_grad(module_name, sequence_grad(module, g.detach(), self.n))
+            def store(g: torch.Tensor) -> None:
+                call[1] = self.on_grad(module_name, self._grad_form(module, g.detach()))
 
-                out.register_hook(store)
+            out.register_hook(store)
 
         return hook
 
@@ -195,13 +239,18 @@ def captured_backward(
     batch: Any,
     measurement: bool,
     capture: LayerCapture,
+    param_grads: bool = True,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:
     """One forward/backward of ``Σ_i ℓ_i`` with ``capture``'s hooks installed.
 
     Returns ``(losses [B], batch gradient of each tracked parameter)``; the tracked
-    parameters require grad during the call only. Non-finite losses raise
+    parameters require grad during the call only. ``param_grads=False`` (needs
+    ``capture.edges``) skips the parameter gradients: the tuple is then empty and the
+    backward only forms the ``δ`` of the tracked layers. Non-finite losses raise
     ``GradientError`` naming the rows.
     """
+    if not param_grads and not capture.edges:
+        raise GradsiftError("param_grads=False needs a LayerCapture with edges=True")
     n = capture.n
     tensors = list(params.values())
     flags = [p.requires_grad for p in tensors]
@@ -224,7 +273,11 @@ def captured_backward(
             bad = (~torch.isfinite(losses)).nonzero().flatten()
             if len(bad):
                 raise GradientError("non-finite loss (NaN/Inf)", bad.tolist())
-            batch_grads = torch.autograd.grad(losses.sum(), tensors, allow_unused=True)
+            wanted = tensors if param_grads else []
+            if capture.edges:
+                batch_grads = capture.backward(losses.sum(), wanted)
+            else:
+                batch_grads = torch.autograd.grad(losses.sum(), wanted, allow_unused=True)
     finally:
         for p, flag in zip(tensors, flags, strict=True):
             p.requires_grad_(flag)

@@ -8,11 +8,13 @@ input column ``a = 1``). Its projection
     ``Z_i = P_outᵀ G_i P_in = Σ_t (P_outᵀ δ_{i,t}) (P_inᵀ a_{i,t})ᵀ``   (``[k_out, k_in]``)
 
 is formed from the projected factors (a batched matmul ``btk,btl->bkl``), so the cost is
-one batched forward/backward plus thin matmuls per layer, and memory does not grow with
-the parameter count (no ``[B, d_out, d_in]`` tensor of a projected layer, no dense
-projection matrix). Where a layer is applied at many positions (convolutions) it is
-cheaper to project one side first and contract the other raw; each layer takes the
-cheapest of three orders (``_LayerProjection``), all giving the same ``Z``.
+one batched forward plus a backward that stops at the tracked layers' outputs (no
+weight-gradient products: ``δ`` is the gradient w.r.t. each output's autograd edge), plus
+thin matmuls per layer; memory does not grow with the parameter count (no
+``[B, d_out, d_in]`` tensor of a projected layer, no dense projection matrix). A
+convolution's input is projected by a convolution with the columns of ``P_in`` as
+kernels, never unfolded. Each layer takes the cheapest of three contraction orders
+(:class:`gradsift.grads.kronecker_layer.LayerProjection`), all giving the same ``Z``.
 Flattened row-major, ``vec(Z_i) = (P_out ⊗ P_in)ᵀ vec(G_i)`` with ``vec`` the row-major
 flattening of ``W.grad`` (a Conv2d weight ``[C_out, C_in, kh, kw]`` as
 ``[C_out, C_in·kh·kw]``); :meth:`FactoredProjector.dense_matrix` gives that matrix in the
@@ -30,7 +32,9 @@ larger than that of a dense Gaussian projection of the same total dimension ``k_
 (see ``benchmarks/factored_projection.py``).
 
 The rows of a batch must be independent (eval mode); the first call checks this once by
-recomputing its highest-loss row alone.
+recomputing its highest-loss row alone. Weights used outside their module call (tied
+weights, functional use) are caught once too: the first chunk's backward also forms the
+parameters' batch gradients, and the sum of its projected rows must match them.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from gradsift.grads.capture import (
     finite_rows,
     tracked_layers,
 )
+from gradsift.grads.kronecker_layer import LayerProjection
 from gradsift.grads.layout import Block, batch_size_of, check_eval_mode, layout_of, slice_batch
 from gradsift.grads.projection import ProjectionConfig, seeded_generator
 from gradsift.task import Task
@@ -141,10 +146,10 @@ class FactoredProjector:
         config: ``kind="kronecker"``; ``dim`` = ``k_in``, ``dim_out`` = ``k_out``.
         measurement: differentiate ``task.measurement`` (test side of influence).
         chunk_size: samples per forward/backward pass (memory ∝ chunk_size × activations).
-        rtol: tolerance of the checks ``Σ_i Z_i`` = projected batch gradient, on the first
-            ``CHECK_COLUMNS`` columns of each layer block (catches weights used outside
-            their module call), and of the one-time row-independence check; ``None`` skips
-            both.
+        rtol: tolerance of the check ``Σ_i Z_i`` = projected batch gradient on the first
+            ``CHECK_COLUMNS`` columns of each layer block, run on the first chunk (catches
+            weights used outside their module call; the other chunks skip the parameter
+            gradients), and of the one-time row-independence check; ``None`` skips both.
     """
 
     def __init__(
@@ -169,7 +174,7 @@ class FactoredProjector:
             model, self.params, FACTORABLE, "the factored (Kronecker) projection"
         )
         self._index = {layer.module_name: j for j, layer in enumerate(self.layers)}
-        self._projections: dict[tuple[int, torch.device], _LayerProjection] = {}
+        self._projections: dict[tuple[int, torch.device], LayerProjection] = {}
         self.out_blocks: list[Block] = []
         offset = 0
         k_out = config.dim_out if config.dim_out is not None else config.dim
@@ -180,7 +185,8 @@ class FactoredProjector:
         self.dim = offset
         first = next(iter(self.params.values()))
         self.dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
-        self._rows_checked = rtol is None
+        self._device = first.device
+        self._rows_checked = self._sums_checked = rtol is None
 
     # ------------------------------------------------------------------ public
     def compute(self, batch: Any, first_index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,45 +252,52 @@ class FactoredProjector:
         }
 
     # ------------------------------------------------------------------ internals
-    def _projection(self, name: str, device: torch.device) -> _LayerProjection:
+    def _projection(self, name: str, device: torch.device) -> LayerProjection:
         j = self._index[name]
         key = (j, device)
         if key not in self._projections:
             layer = self.layers[j]
             P_out, P_in = self.factors(layer)
-            self._projections[key] = _LayerProjection(layer, P_out, P_in, self.dtype, device)
+            self._projections[key] = LayerProjection(layer, P_out, P_in, self.dtype, device)
         return self._projections[key]
 
-    def _project_input(self, name: str, a: torch.Tensor) -> torch.Tensor:
-        return self._projection(name, a.device).input(a)
+    def _project_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return self._projection(name, x.device).input(x)
 
-    def _project_grad(self, name: str, delta: torch.Tensor) -> torch.Tensor:
-        return self._projection(name, delta.device).grad(delta)
+    def _project_grad(self, name: str, g: torch.Tensor) -> torch.Tensor:
+        return self._projection(name, g.device).grad(g)
 
     def _chunk(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of one chunk. The backward stops at the tracked layers' outputs (no
+        weight-gradient products), except on the first chunk while the sum check is
+        pending: that one also forms the parameters' batch gradients to compare with."""
         n = batch_size_of(batch)
-        capture = LayerCapture(self.model, self.layers, n, self._project_input, self._project_grad)
+        check = not self._sums_checked
+        capture = LayerCapture(
+            self.model, self.layers, n, self._project_input, self._project_grad,
+            raw=True, edges=True,
+        )  # fmt: skip
         losses, batch_grads = captured_backward(
-            self.model, self.task, self.params, batch, self.measurement, capture
+            self.model, self.task, self.params, batch, self.measurement, capture, check
         )
-        grads = dict(zip(self.params, batch_grads, strict=True))
-        blocks = []
+        grads = dict(zip(self.params, batch_grads, strict=True)) if check else {}
+        Z = torch.empty(n, self.dim, dtype=self.dtype, device=self._device)
         for layer, out in zip(self.layers, self.out_blocks, strict=True):
-            proj = self._projection(layer.module_name, layer.module.weight.device)
-            Z = None
-            for a_s, d_s in capture.pairs(layer.module_name):
-                part = proj.combine(a_s, d_s)
-                Z = part if Z is None else Z.add_(part)
-            if Z is None:  # the layer did not influence the loss
-                Z = torch.zeros(n, *out.shape, dtype=self.dtype, device=layer.module.weight.device)
-            if self.rtol is not None:
+            block = Z[:, out.offset : out.stop].view(n, *out.shape)
+            proj = self._projection(layer.module_name, self._device)
+            pairs = capture.pairs(layer.module_name)
+            if not pairs:  # the layer did not influence the loss
+                block.zero_()
+            for j, (a_s, d_s) in enumerate(pairs):
+                proj.combine(a_s, d_s, block, accumulate=j > 0)
+            if check:
+                assert self.rtol is not None
                 m = min(CHECK_COLUMNS, out.shape[1])
                 gw = grads[layer.weight] if layer.weight else None
                 gb = grads[layer.bias] if layer.bias else None
                 ref = proj.batch_columns(gw, gb, m)
-                check_sum(layer.module_name, Z[:, :, :m].sum(dim=0), ref, self.rtol)
-            blocks.append(Z.reshape(n, -1))
-        Z = torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
+                check_sum(layer.module_name, block[:, :, :m].sum(dim=0), ref, self.rtol)
+        self._sums_checked = True
         if not torch.isfinite(Z.sum()):  # one pass; finite_rows names the rows
             finite_rows(Z)
         return Z, losses
@@ -303,99 +316,3 @@ class FactoredProjector:
                 "so the factored projection is wrong here; use GradientComputer + Projector"
             )
         self._rows_checked = True
-
-
-class _LayerProjection:
-    """One layer's factors on a device, and the cheapest order of contraction.
-
-    With ``ã`` the input with its constant-1 bias column, per sample and ``T`` positions
-    (``c = d·k`` for a projected side, 0 for an identity side):
-
-    - ``"both"``: project ``ã`` and ``δ`` as they are recorded,
-      ``Z = Σ_t (P_outᵀδ_t)(P_inᵀã_t)ᵀ``: ``T·(c_in + c_out + k_out·k_in)``;
-    - ``"grad"``: project ``δ`` only, ``Z = (Σ_t (P_outᵀδ_t) ã_tᵀ) P_in``:
-      ``T·(c_out + k_out·d_in) + k_out·d_in·k_in`` (wins for convolutions: large ``T``);
-    - ``"input"``: project ``ã`` only, ``Z = P_outᵀ (Σ_t δ_t (P_inᵀã_t)ᵀ)``:
-      ``T·(c_in + d_out·k_in) + d_out·k_out·k_in``.
-
-    None forms ``[B, d_out, d_in]`` for a projected layer: the widest intermediate is
-    ``[B, k_out, d_in]`` or ``[B, d_out, k_in]``.
-    """
-
-    def __init__(
-        self,
-        layer: Layer,
-        P_out: torch.Tensor,
-        P_in: torch.Tensor,
-        dtype: torch.dtype,
-        device: torch.device,
-    ) -> None:
-        self.weight, self.bias = layer.weight is not None, layer.bias is not None
-        (self.d_out, self.k_out), (self.d_in, self.k_in) = P_out.shape, P_in.shape
-        self.dtype = dtype
-        self.P_out = None if self.d_out == self.k_out else P_out.to(dtype).to(device)
-        self.P_in = None if self.d_in == self.k_in else P_in.to(dtype).to(device)
-        self._P_in_full = P_in.to(dtype).to(device)  # identity or not: for the sum check
-        self._check_cols: dict[int, torch.Tensor] = {}
-
-    def order(self, T: int) -> str:
-        c_in = 0 if self.P_in is None else self.d_in * self.k_in
-        c_out = 0 if self.P_out is None else self.d_out * self.k_out
-        k_out, k_in, d_out, d_in = self.k_out, self.k_in, self.d_out, self.d_in
-        costs = {
-            "both": T * (c_in + c_out + k_out * k_in),
-            "grad": T * (c_out + k_out * d_in) + (k_out * d_in * k_in if c_in else 0),
-            "input": T * (c_in + d_out * k_in) + (d_out * k_out * k_in if c_out else 0),
-        }
-        return min(costs, key=costs.__getitem__)
-
-    def input(self, a: torch.Tensor) -> torch.Tensor:
-        """What to keep of ``a [n, T, d_in]``: ``P_inᵀã`` or ``ã``."""
-        a = a.to(self.dtype)
-        if self.P_in is None or self.order(a.shape[1]) == "grad":
-            return self._augmented(a)
-        weight_rows = self.P_in[:-1] if self.bias else self.P_in
-        out = a @ weight_rows if self.weight else a.new_zeros(*a.shape[:2], self.k_in)
-        return out + self.P_in[-1] if self.bias else out
-
-    def grad(self, delta: torch.Tensor) -> torch.Tensor:
-        """What to keep of ``δ [n, T, d_out]``: ``P_outᵀδ`` or ``δ``."""
-        delta = delta.to(self.dtype)
-        if self.P_out is None or self.order(delta.shape[1]) == "input":
-            return delta
-        return delta @ self.P_out
-
-    def combine(self, a_s: torch.Tensor, d_s: torch.Tensor) -> torch.Tensor:
-        """``Z [n, k_out, k_in]`` of one call from what :meth:`input`/:meth:`grad` kept."""
-        order = self.order(a_s.shape[1])
-        if a_s.shape[1] == 1:  # one position (an MLP layer): an outer product, ~3× faster
-            Z = d_s[:, 0, :, None] * a_s[:, 0, None, :]
-        else:
-            Z = torch.bmm(d_s.transpose(1, 2), a_s)
-        if order == "grad" and self.P_in is not None:
-            Z = Z @ self.P_in
-        if order == "input" and self.P_out is not None:
-            Z = self.P_out.T @ Z
-        return Z
-
-    def batch_columns(
-        self, gw: torch.Tensor | None, gb: torch.Tensor | None, m: int
-    ) -> torch.Tensor:
-        """The first ``m`` columns of ``P_outᵀ [∇W | ∇b] P_in`` for a batch gradient:
-        ``d_out·d_in·m`` operations, a small fraction of a training step."""
-        cols = self._check_cols.get(m)
-        if cols is None:  # contiguous: a strided [d_in, m] slice makes the matmul slow
-            cols = self._check_cols[m] = self._P_in_full[:, :m].contiguous()
-        ref = cols.new_zeros(self.d_out, m)
-        if gw is not None and self.weight:
-            ref += gw.reshape(self.d_out, -1).to(self.dtype) @ cols[: self.d_in - int(self.bias)]
-        if gb is not None and self.bias:
-            ref += torch.outer(gb.to(self.dtype), cols[-1])
-        return ref if self.P_out is None else self.P_out.T @ ref
-
-    def _augmented(self, a: torch.Tensor) -> torch.Tensor:
-        if not self.bias:
-            return a
-        if not self.weight:
-            return a.new_ones(*a.shape[:2], 1)
-        return torch.nn.functional.pad(a, (0, 1), value=1.0)
