@@ -113,7 +113,7 @@ def test_ekfac_is_closer_to_ggn_than_kfac_on_an_mlp():
     assert (E - G).norm() < (K - G).norm()
     G_layers = layer_blocks(G, [5 * 6 + 6, 6 * 4 + 4])
     assert (E - G_layers).norm() < 0.9 * (K - G_layers).norm()
-    # sampled labels (the default): Monte-Carlo noise, so more samples
+    # sampled labels: Monte-Carlo noise, so more samples
     model, task, data = small_mlp(n=400)
     G_layers = layer_blocks(ggn(model, task, data), [36, 28])
     K = operator(model, task, data, "kfac", fisher="sampled").dense()
@@ -158,6 +158,54 @@ def test_ekfac_eigenvalues_from_per_sample_gradients_conv():
     Q = torch.kron(ly.Q_S, ly.Q_A)
     truth = Q @ torch.diag(torch.diag(Q.T @ F @ Q)) @ Q.T
     torch.testing.assert_close(op.dense(), truth, rtol=1e-9, atol=1e-12)
+
+
+def test_ekfac_exact_fisher_is_the_ggn_diagonal_in_the_kfac_basis():
+    """EK-FAC with the exact Fisher (the ``"auto"`` default for 4 classes) has eigenvalues
+    ``diag(Qᵀ G_l Q)`` of the dense GGN's layer blocks ``G_l`` (``GGNOperator``)."""
+    model, task, data = small_mlp()
+    factors = fit_kfac_factors(model, task, data, batch_size=7)
+    assert factors.settings["fisher"] == "exact"
+    G = ggn(model, task, data)
+    blocks = {b.name: b for b in layout_of(task.tracked_parameters(model))}
+    for ly in factors.layers:
+        w, b = blocks[ly.weight], blocks[ly.bias]
+        d_in = ly.cols - 1  # augmented order [W | b], row-major
+        idx = torch.tensor(
+            [w.offset + o * d_in + c if c < d_in else b.offset + o
+             for o in range(ly.d_out) for c in range(ly.cols)]
+        )  # fmt: skip
+        Q = torch.kron(ly.Q_S, ly.Q_A)
+        truth = torch.diag(Q.T @ G[idx][:, idx] @ Q).reshape(ly.d_out, ly.cols)
+        torch.testing.assert_close(ly.corrected, truth, rtol=1e-9, atol=1e-13)
+
+
+def test_auto_fisher_is_exact_for_few_output_columns_and_sampled_for_many():
+    from gradsift.influence.kfac.statistics import AUTO_EXACT_MAX_COLUMNS, resolve_fisher
+
+    k = AUTO_EXACT_MAX_COLUMNS
+    assert resolve_fisher("auto", "softmax_ce", torch.zeros(2, k)) == "exact"
+    assert resolve_fisher("auto", "softmax_ce", torch.zeros(2, 3, k + 1)) == "sampled"
+    assert resolve_fisher("auto", "bce", torch.zeros(2, 10 * k)) == "exact"
+    assert resolve_fisher("auto", "mse", torch.zeros(5)) == "exact"
+    assert resolve_fisher("empirical", "softmax_ce", torch.zeros(2, 10 * k)) == "empirical"
+    with pytest.raises(GradsiftError, match="fisher must be one of"):
+        resolve_fisher("true", "softmax_ce", torch.zeros(2, 3))
+    # few classes: the same factors as fisher="exact"; many: as fisher="sampled" (same seed)
+    for n_out, used in ((4, "exact"), (k + 4, "sampled")):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, n_out)).double().eval()
+        X = torch.randn(30, 5, dtype=torch.float64)
+        data = (X, torch.randint(0, n_out, (30,)))
+        task = ClassificationTask("all")
+        auto = fit_kfac_factors(model, task, data, batch_size=8)
+        ref = fit_kfac_factors(model, task, data, batch_size=8, fisher=used)
+        assert auto.settings == ref.settings and auto.settings["fisher"] == used
+        for a, b in zip(auto.layers, ref.layers, strict=True):
+            assert torch.equal(a.S, b.S) and torch.equal(a.corrected, b.corrected)
+    solver = EKFACSolver().fit(*small_mlp(n=12))
+    assert solver.settings()["fisher"] == "exact"
+    assert EKFACSolver().settings()["fisher"] == "auto"
 
 
 # ------------------------------------------------------------------ inverse and solvers

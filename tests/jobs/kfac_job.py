@@ -24,7 +24,9 @@ def build():
 
 def fit(model, task, data, path):
     """Sampled-label EK-FAC factors, 7 batches of 16, checkpoints every 2 batches per rank."""
-    return fit_kfac_factors(model, task, data, path=path, batch_size=16, checkpoint_every=2)
+    return fit_kfac_factors(
+        model, task, data, fisher="sampled", path=path, batch_size=16, checkpoint_every=2
+    )
 
 
 if __name__ == "__main__":

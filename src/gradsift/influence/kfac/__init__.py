@@ -3,7 +3,7 @@
 - :mod:`.likelihood`: output-space Hessians, their square roots and sampled labels
   (softmax cross-entropy, BCE, half squared error).
 - :mod:`.statistics`: per-batch augmented inputs ``ã`` and output gradients ``δ``
-  (sampled / exact / empirical Fisher).
+  (``fisher="auto"``: the exact Fisher for ≤ 16 output columns, else sampled; or empirical).
 - :mod:`.factors`: :func:`fit_kfac_factors` — streamed ``A``, ``S``, eigenbases, EK-FAC
   eigenvalue correction; checkpointed, resumable, all-reduced under torchrun.
 - :mod:`.storage`: the factor directory (manifest with the model fingerprint).

@@ -47,7 +47,12 @@ from gradsift.grads.kronecker import FACTORABLE
 from gradsift.grads.layout import check_eval_mode
 from gradsift.influence.hessian import BatchSource
 from gradsift.influence.kfac.likelihood import resolve_likelihood
-from gradsift.influence.kfac.statistics import FISHER_KINDS, LayerStats, layer_statistics
+from gradsift.influence.kfac.statistics import (
+    FISHER_KINDS,
+    LayerStats,
+    layer_statistics,
+    resolve_fisher,
+)
 from gradsift.influence.kfac.storage import FactorStore
 from gradsift.progress import track
 from gradsift.store.gradient_store import model_fingerprint
@@ -104,7 +109,7 @@ def fit_kfac_factors(
     task: Task,
     data: Dataset | tuple[Any, ...],
     *,
-    fisher: str = "sampled",
+    fisher: str = "auto",
     likelihood: str | None = None,
     correct_eigenvalues: bool = True,
     path: str | Path | None = None,
@@ -121,9 +126,12 @@ def fit_kfac_factors(
             or biases of ``nn.Linear`` / ``nn.Conv2d`` layers (``groups=1``).
         task: forward, loss and tracked parameters.
         data: the training data.
-        fisher: ``"sampled"`` (default: true Fisher, one label drawn from the model per
-            sample), ``"exact"`` (its expectation, ``C`` backward passes) or
-            ``"empirical"`` (the given labels); see :mod:`~.statistics`.
+        fisher: ``"auto"`` (default: ``"exact"`` for at most
+            :data:`~.statistics.AUTO_EXACT_MAX_COLUMNS` output-Hessian columns, else
+            ``"sampled"``; decided from one forward pass and recorded in ``settings``),
+            ``"sampled"`` (true Fisher, one label drawn from the model per sample),
+            ``"exact"`` (its expectation, ``C`` backward passes) or ``"empirical"`` (the
+            given labels); see :mod:`~.statistics`.
         likelihood: the loss's output likelihood (None: ``task.head_loss``).
         path: a directory to store the factors in and resume from (None: in memory).
         batch_size: samples per forward/backward; checkpoint_every: batches per rank
@@ -143,6 +151,7 @@ def fit_kfac_factors(
     kind = resolve_likelihood(task, likelihood)
     first = next(iter(params.values()))
     source = BatchSource(data, first.device, first.dtype, collate_fn)
+    fisher = _resolve_auto(model, task, source, fisher, kind)
     specs = [
         {
             "module": ly.module_name,
@@ -187,6 +196,19 @@ def fit_kfac_factors(
 
 
 # --------------------------------------------------------------------------- passes
+
+
+def _resolve_auto(
+    model: nn.Module, task: Task, source: BatchSource, fisher: str, likelihood: str
+) -> str:
+    """``fisher``, with ``"auto"`` decided from the outputs of the first training row."""
+    if fisher != "auto" or source.n == 0:
+        return "sampled" if fisher == "auto" else fisher
+    with torch.no_grad():
+        outputs = task.forward(model, source.slice(0, 1))
+    if not isinstance(outputs, torch.Tensor):
+        raise GradsiftError("K-FAC needs task.forward to return one tensor of outputs")
+    return resolve_fisher(fisher, likelihood, outputs)
 
 
 def _open_store(

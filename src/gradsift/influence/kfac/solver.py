@@ -45,8 +45,10 @@ class KFACSolver(InverseHVP):
         damping_factor: the 0.1 of the relative rule.
         damping_scope: ``"global"`` (one ``λ`` from the mean over all layers) or
             ``"layer"`` (one per layer, from that layer's mean eigenvalue).
-        fisher: ``"sampled"`` (default), ``"exact"`` or ``"empirical"``
-            (:mod:`~.statistics`).
+        fisher: ``"auto"`` (default: the exact Fisher when the output Hessian has at
+            most 16 square-root columns — the classes of a softmax, 1 for BCE — else one
+            sampled label per sample), ``"sampled"``, ``"exact"`` or ``"empirical"``
+            (:mod:`~.statistics`); after :meth:`fit`, ``settings()`` records the one used.
         likelihood: the loss's output likelihood (None: ``task.head_loss``).
         path: directory to store / resume the factors (None: in memory).
         batch_size: samples per fitting pass step (None: the ``batch_size`` given to
@@ -65,7 +67,7 @@ class KFACSolver(InverseHVP):
         damping: float | None = None,
         damping_factor: float = 0.1,
         damping_scope: str = "global",
-        fisher: str = "sampled",
+        fisher: str = "auto",
         likelihood: str | None = None,
         path: str | Path | None = None,
         batch_size: int | None = None,
@@ -172,7 +174,7 @@ class KFACSolver(InverseHVP):
             **super().settings(),
             "damping_factor": None if self.fixed_damping is not None else self.damping_factor,
             "damping_scope": self.damping_scope,
-            "fisher": self.fisher,
+            "fisher": self.fisher if self.factors is None else self.factors.settings["fisher"],
             "likelihood": self.likelihood,
             "path": None if self.path is None else str(self.path),
             "seed": self.seed,

@@ -12,14 +12,18 @@ with the bias only, so that the layer's tracked gradient is ``Σ_t δ_t ãᵀ_t`
 
 What is back-propagated from the outputs ``f`` (``fisher``):
 
-- ``"sampled"`` (default): ``∂ℓ(ŷ)/∂f`` with one label ``ŷ ~ p(· | f)`` per sample drawn from
-  the model's predictive distribution — a one-sample Monte-Carlo estimate of the **true
-  Fisher**, which is the GGN for the likelihoods here. It is the default because it is
-  the curvature that K-FAC is derived for (``E_ŷ[δδᵀ] = Jᵀ H_out J``), it stays positive
-  semi-definite and unbiased away from a minimum, and it costs one backward pass (what
-  kronfluence does too).
-- ``"exact"``: the ``K`` columns of ``H_out^{1/2}`` (``K = C`` classes for softmax): the
-  expectation over ``ŷ`` in closed form, no sampling noise, ``K`` backward passes.
+- ``"sampled"``: ``∂ℓ(ŷ)/∂f`` with one label ``ŷ ~ p(· | f)`` per sample drawn from the
+  model's predictive distribution — a one-sample Monte-Carlo estimate of the **true
+  Fisher**, which is the GGN for the likelihoods here (``E_ŷ[δδᵀ] = Jᵀ H_out J``, the
+  curvature K-FAC is derived for); one backward pass (what kronfluence does).
+- ``"exact"``: the ``K`` columns of ``H_out^{1/2}`` (``K = C`` classes for softmax, 1 for
+  BCE, ``C`` outputs for ``mse``): the same expectation in closed form, no sampling noise,
+  ``K`` backward passes.
+- ``"auto"`` (default): ``"exact"`` when ``K ≤`` :data:`AUTO_EXACT_MAX_COLUMNS` (a cost
+  cap: at most that many backward passes per batch in the fitting passes), otherwise
+  ``"sampled"`` — e.g. exact for 10-class classifiers and any BCE head, sampled for a
+  language model's vocabulary. The one-label noise is not small: on the digits MLP
+  (``benchmarks/kfac_gap.py``) it costs EK-FAC 0.037 LDS and K-FAC 0.057.
 - ``"empirical"``: ``∂ℓ(y)/∂f`` with the given labels (the empirical Fisher; any task
   loss, masks included). Biased towards the training gradients; zero at interpolation.
 """
@@ -37,10 +41,20 @@ from gradsift.grads.layout import batch_size_of
 from gradsift.influence.kfac.likelihood import hessian_sqrt_columns, sample_output_gradient
 from gradsift.task import Task
 
-__all__ = ["FISHER_KINDS", "FisherKind", "LayerStats", "layer_statistics"]
+__all__ = [
+    "AUTO_EXACT_MAX_COLUMNS",
+    "FISHER_KINDS",
+    "FisherKind",
+    "LayerStats",
+    "layer_statistics",
+    "resolve_fisher",
+]
 
-FisherKind = Literal["sampled", "exact", "empirical"]
-FISHER_KINDS: tuple[str, ...] = ("sampled", "exact", "empirical")
+FisherKind = Literal["auto", "sampled", "exact", "empirical"]
+FISHER_KINDS: tuple[str, ...] = ("auto", "sampled", "exact", "empirical")
+#: ``fisher="auto"``: the largest number of output-Hessian square-root columns (backward
+#: passes per batch) for which the exact Fisher is used instead of one sampled label.
+AUTO_EXACT_MAX_COLUMNS: int = 16
 
 #: ``{module name: (ã [B, T, cols], [δ_k [B, T, d_out] for each output-gradient column])}``
 LayerStats = dict[str, tuple[torch.Tensor, list[torch.Tensor]]]
@@ -94,6 +108,19 @@ def layer_statistics(
     return found
 
 
+def resolve_fisher(fisher: str, likelihood: str, outputs: torch.Tensor) -> str:
+    """The Fisher kind to fit: ``fisher`` itself, or for ``"auto"`` ``"exact"`` when the
+    likelihood's ``H_out^{1/2}`` of ``outputs [..., C]`` has at most
+    :data:`AUTO_EXACT_MAX_COLUMNS` columns (``bce``: 1; ``softmax_ce``, ``mse``: ``C``) and
+    ``"sampled"`` otherwise (outputs ``[B]`` of one output: 1 column)."""
+    if fisher not in FISHER_KINDS:
+        raise GradsiftError(f"fisher must be one of {FISHER_KINDS}, got {fisher!r}")
+    if fisher != "auto":
+        return fisher
+    columns = 1 if likelihood == "bce" or outputs.dim() < 2 else int(outputs.shape[-1])
+    return "exact" if columns <= AUTO_EXACT_MAX_COLUMNS else "sampled"
+
+
 def _output_gradients(
     task: Task,
     outputs: torch.Tensor,
@@ -106,6 +133,7 @@ def _output_gradients(
     if not isinstance(outputs, torch.Tensor):
         raise GradsiftError("K-FAC needs task.forward to return one tensor of outputs")
     task.validate(outputs.detach(), batch)
+    fisher = resolve_fisher(fisher, likelihood, outputs)
     if fisher == "sampled":
         return [sample_output_gradient(likelihood, outputs.detach(), generator)]
     if fisher == "exact":
