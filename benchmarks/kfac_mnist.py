@@ -5,7 +5,8 @@ tracked (D = 535,818), where an explicit Hessian is impossible. One run scores t
 model, training rows, α-subsets and test points with
 
 - ``dot`` (``g_tᵀ g_i``, no curvature: the floor),
-- ``if-kfac`` and ``if-ekfac`` (gradsift's defaults: sampled-label Fisher, damping
+- ``if-kfac`` and ``if-ekfac`` (gradsift's defaults: ``fisher="auto"``, i.e. the exact
+  Fisher for this 10-class head, damping
   0.1 × the curvature's mean eigenvalue),
 - ``if-cg`` on the **GGN** (positive semi-definite; the matrix K-FAC / EK-FAC approximate)
   with the *same* ``λ`` as EK-FAC's fitted damping, so the two differ only in the curvature
