@@ -8,9 +8,9 @@ For each task (``sentence_transformations``, ``math_with_reason``,
 2. per-sample LoRA gradients of every training and test sample (hooks path: one batched
    forward/backward per batch);
 3. rank the 900 training samples for each test prompt with per-sample scores only:
-   gradient dot, gradient cosine, DataInf, LiSSA, FastIF, and the cosine of mean hidden
-   states (representation baseline). Positive = helpful; the top of the ranking is the
-   most helpful;
+   gradient dot, gradient cosine, DataInf, LiSSA, FastIF, OGA-style outlier scores (below)
+   and the cosine of mean hidden states (representation baseline). Positive = helpful; the
+   top of the ranking is the most helpful;
 4. report, averaged over the test prompts, the AUC of "same class as the prompt" and the
    recall of the prompt's class among the top 90. Classes are used for this evaluation
    only.
@@ -21,6 +21,22 @@ Hessian–vector products through a 135M model are out of reach on a CPU. LiSSA 
 FastIF recursion (gradsift's ``LiSSASolver``) on that operator with the damping of
 DataInf's rule averaged over all parameters; FastIF keeps LiSSA's ``s_t`` and scores only
 the ``k`` nearest candidates in projected-gradient space (faiss), the rest ranked last.
+
+OGA-style outlier scores (``gradsift.experiments.llm_outlier_scores``), label-free: no class
+is used in any score and nothing is fitted per class. ``g_i`` is training sample *i*'s LoRA
+gradient, ``g_t`` the test prompt's:
+
+* ``oga-l2`` = −‖g_i‖₂² and ``oga-l1`` = −‖g_i‖₁ (OGA's norm detectors: outliers are
+  detrimental, inliers helpful); the same ranking for every test prompt;
+* ``oga-iforest`` = −(Isolation Forest anomaly score of g_i among the training gradients,
+  100 trees, seeded, after gradsift's seeded sparse JL projection to the
+  Johnson–Lindenstrauss dimension for eps = 0.1); the same ranking for every prompt;
+* ``oga-l2-dist`` = −‖g_i − g_t‖₂, the outlier distance of each training gradient from the
+  prompt's own gradient; ``oga-l2-dist-unit`` the same on unit-normalised gradients
+  (= −√(2 − 2 cos), so it ranks exactly as ``cosine``).
+
+With equal class sizes (train and test) an unconditioned ranking scores exactly AUC 0.5 and
+recall@(class size) = 1/(number of classes) on average: it cannot rank per prompt.
 
 Usage (CPU, one task)::
 
@@ -48,6 +64,11 @@ import numpy as np
 import torch
 
 from gradsift.experiments.hf_training import FineTuneConfig, evaluate_loss, fine_tune
+from gradsift.experiments.llm_outlier_scores import (
+    broadcast_ranking,
+    l2_distance_scores,
+    oga_helpfulness,
+)
 from gradsift.experiments.llm_tasks import (
     TASK_NAMES,
     CausalLMData,
@@ -62,7 +83,19 @@ from gradsift.hf.tasks import CausalLMTask
 from gradsift.influence.fisher import GradientFisherOperator
 from gradsift.influence.solvers import DataInfSolver, LiSSASolver
 
-METHOD_ORDER = ["dot", "cosine", "datainf", "lissa", "fastif", "hidden-cosine"]
+METHOD_ORDER = [
+    "dot",
+    "cosine",
+    "datainf",
+    "lissa",
+    "fastif",
+    "oga-l2",
+    "oga-l1",
+    "oga-iforest",
+    "oga-l2-dist",
+    "oga-l2-dist-unit",
+    "hidden-cosine",
+]
 
 
 def _sync(device: torch.device) -> None:
@@ -179,6 +212,19 @@ def run_task(
         del ntr, nte
     method_time["cosine"] = t.seconds
 
+    # OGA-style, label-free (no class used): unconditioned outlier scores ranked the same for
+    # every prompt, and the outlier distance of each training gradient from the prompt's own.
+    with Timer(device) as t:
+        oga, info = oga_helpfulness(G_train, seed=args.seed)
+    for method, h in oga.items():
+        scores[method] = broadcast_ranking(h, len(test))
+        method_time[method] = t.seconds  # one pass shared by the three scores
+    extra["oga"] = info
+    for method, unit in (("oga-l2-dist", False), ("oga-l2-dist-unit", True)):
+        with Timer(device) as t:
+            scores[method] = l2_distance_scores(G_test, G_train, unit=unit)
+        method_time[method] = t.seconds
+
     with Timer(device) as t:
         datainf = DataInfSolver().fit_gradients(Gtr, layout)
         S = datainf.solve(Gte)
@@ -280,6 +326,14 @@ def markdown(res: dict[str, Any], device_name: str) -> str:
             f"{m['recall']:.3f} ± {m['recall_std']:.3f} | {m['seconds']:.2f} |"
         )
     t = res["timings"]
+    proj = res.get("extra", {}).get("oga", {}).get("iforest", {}).get("projection")
+    if proj:
+        lines += [
+            "",
+            f"oga-iforest: Isolation Forest (100 trees, seed {proj['seed']}) on the training "
+            f"gradients after a seeded sparse JL projection {proj['input_dim']:,} → "
+            f"{proj['n_components']:,} (eps {proj['eps']}).",
+        ]
     lines += [
         "",
         f"Shared costs: fine-tuning {t['fine-tune']:.0f} s; LoRA gradients of the training set "
@@ -337,22 +391,27 @@ def main() -> None:
         f"loaded SmolLM2-135M-Instruct from GGUF in {load_s:.0f}s; device {device_name}", flush=True
     )
     results = []
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"llm_influence-{device.type}.json"
     for name in tasks:
         res = run_task(name, base, tok, args, device)
         results.append(res)
         print(markdown(res, device_name), flush=True)
         print(flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"llm_influence-{device.type}.json"
-    path.write_text(
-        json.dumps(
-            {"device": device_name, "args": vars(args), "load_seconds": load_s, "results": results},
-            indent=2,
-            default=float,
+        path.write_text(  # after every task, so a long run keeps its finished tasks
+            json.dumps(
+                {
+                    "device": device_name,
+                    "args": vars(args),
+                    "load_seconds": load_s,
+                    "results": results,
+                },
+                indent=2,
+                default=float,
+            )
         )
-    )
-    print(f"wrote {path}")
+        print(f"wrote {path}", flush=True)
     if any(not math.isfinite(m["auc"]) for r in results for m in r["methods"].values()):
         raise SystemExit("non-finite metric")
 
